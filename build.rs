@@ -1,0 +1,63 @@
+//! Compiles `proto/chat.proto` with protox (pure Rust, so no system `protoc` is
+//! needed) and generates the prost messages and tonic service code from it.
+//! The encoded descriptor set is written to `$OUT_DIR/chat_descriptor.bin` for
+//! server reflection; it keeps the source comments so `grpcurl describe` shows them.
+
+use std::{env, fs, path::PathBuf};
+
+use protox::prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["chat.proto"], ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out_dir.join("chat_descriptor.bin"), fds.encode_to_vec())?;
+
+    // The client is generated separately: tonic names client methods after
+    // the RPCs, and `New` would collide with the client's `new(inner)`
+    // constructor (and `Connect` with `connect(dst)`, hence no transport
+    // helpers). The manual builder lets the Rust name differ from the route.
+    let service = fds
+        .file
+        .iter()
+        .flat_map(|f| &f.service)
+        .find(|s| s.name() == "Chat")
+        .ok_or("chat.proto has no service Chat")?;
+    let mut client = tonic_build::manual::Service::builder()
+        .name("Chat")
+        .package("chat");
+    for m in &service.method {
+        let rust_name = match m.name() {
+            "New" => "new_chat".to_owned(),
+            other => other.to_lowercase(),
+        };
+        let mut method = tonic_build::manual::Method::builder()
+            .name(rust_name)
+            .route_name(m.name())
+            .input_type(format!(
+                "crate::pb{}",
+                m.input_type().replace(".chat.", "::")
+            ))
+            .output_type(format!(
+                "crate::pb{}",
+                m.output_type().replace(".chat.", "::")
+            ))
+            .codec_path("tonic_prost::ProstCodec");
+        if m.client_streaming() {
+            method = method.client_streaming();
+        }
+        if m.server_streaming() {
+            method = method.server_streaming();
+        }
+        client = client.method(method.build());
+    }
+    tonic_build::manual::Builder::new()
+        .build_server(false)
+        .build_transport(false)
+        .compile(&[client.build()]);
+
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

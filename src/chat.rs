@@ -1,0 +1,659 @@
+//! The chat logic: validation, idempotency, seq allocation, group commit and
+//! live fan-out. Plain Rust over [`Store`]; knows nothing of gRPC, so the
+//! gRPC handlers, the Connect stream and any other front end share one path.
+//!
+//! # How a message travels
+//! 1. [`Chats::send`] validates it and takes the chat's append lock (a std
+//!    mutex, never held across an `.await`). Under the lock: the idempotency
+//!    check, seq = last + 1, and one atomic sled batch (message + idempotency
+//!    key). So no duplicate and no gap, whatever the concurrency.
+//! 2. Still under the lock it queues itself on the committer, so the queue is
+//!    in seq order per chat, then waits.
+//! 3. The committer task flushes sled once for everything queued (group
+//!    commit: concurrent sends share one fsync), then, in queue order, raises
+//!    each chat's durable seq, puts the message in the chat's recent ring,
+//!    and answers the waiting senders.
+//! 4. Readers (History, [`Subscription`]) only ever see seqs up to the
+//!    durable seq, so nothing a crash could lose is shown to anyone.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::{
+    error::{Error, Result},
+    store::{self, ChatRecord, Message, Store},
+};
+
+/// Size limits, all configurable (see `Config`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Subject plus text, in bytes.
+    pub max_message_bytes: usize,
+    /// Any id a client chooses: user ids and client ids.
+    pub max_id_bytes: usize,
+    /// User ids in one New.
+    pub max_members: usize,
+    /// History's default and largest page.
+    pub history_page: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_id_bytes: 128,
+            max_members: 256,
+            history_page: 1000,
+        }
+    }
+}
+
+/// A message as a client submits it, before the server gives it id, seq and time.
+#[derive(Clone, Debug, Default)]
+pub struct Draft {
+    pub client_id: String,
+    pub chat_id: String,
+    pub user_id: String,
+    pub subject: String,
+    pub text: String,
+}
+
+/// One page of History.
+#[derive(Debug)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// Messages kept in memory per chat for live streams, so that a stream that
+/// keeps up never reads the store. Older ones are read from the store.
+const RECENT: usize = 256;
+/// Largest batch a subscription hands out at once (bounds per-stream memory).
+const BATCH: usize = 64;
+/// Idle chat states are swept from memory once there are this many.
+const SWEEP_AT: usize = 4096;
+
+/// Handle to the chat logic. Cloning is cheap (an `Arc`); every clone shares
+/// the store, the in-memory chat states and the committer.
+#[derive(Clone)]
+pub struct Chats {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    limits: Limits,
+    /// In-memory state of recently used chats. At most one per chat: it is
+    /// created and removed only under this lock.
+    live: Mutex<Live>,
+    /// Serializes New for member sets, so that one set gets one chat.
+    new_lock: Mutex<()>,
+    commits: mpsc::UnboundedSender<Commit>,
+    /// Set to true when live streams must end (shutdown).
+    closing: watch::Sender<bool>,
+}
+
+struct Live {
+    chats: HashMap<Uuid, Arc<ChatState>>,
+    sweep_at: usize,
+}
+
+/// In-memory state of one chat.
+struct ChatState {
+    id: Uuid,
+    /// Sorted; empty for an open chat.
+    members: Vec<String>,
+    /// The append lock, guarding the last seq written to sled (durable or not).
+    last_seq: Mutex<u64>,
+    /// The last seq that is durable and published. Live streams wait on it.
+    durable: watch::Sender<u64>,
+    /// The newest durable messages, contiguous in seq, while streams are open.
+    recent: Mutex<VecDeque<Arc<Message>>>,
+}
+
+/// A queued request for durability: answered after the next flush.
+struct Commit {
+    done: oneshot::Sender<Result<(), String>>,
+    /// A newly written message to publish once durable (none for a retry).
+    publish: Option<(Arc<ChatState>, Arc<Message>)>,
+}
+
+impl Chats {
+    /// Starts the chat logic over `store`, spawning the committer task. The
+    /// task ends, after a last flush, when the last clone of the handle is
+    /// dropped; await the returned handle to know the store is quiet.
+    pub fn start(store: Store, limits: Limits) -> (Chats, tokio::task::JoinHandle<()>) {
+        let (commits, rx) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_loop(store.clone(), rx));
+        let shared = Arc::new(Shared {
+            store,
+            limits,
+            live: Mutex::new(Live {
+                chats: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
+            new_lock: Mutex::new(()),
+            commits,
+            closing: watch::Sender::new(false),
+        });
+        (Chats { shared }, committer)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// The chat for `user_ids` (see `New` in the proto): the same set always
+    /// gets the same chat; no users makes a new open chat.
+    ///
+    /// # Errors
+    /// `Invalid`/`TooLarge` for bad ids or too many users; `Store`.
+    pub async fn new_chat(&self, user_ids: Vec<String>) -> Result<Uuid> {
+        let limits = &self.shared.limits;
+        if user_ids.len() > limits.max_members {
+            return Err(Error::TooLarge(
+                "chat.New.TooManyUsers",
+                format!(
+                    "{} user_ids given; a chat has at most {}",
+                    user_ids.len(),
+                    limits.max_members
+                ),
+            ));
+        }
+        for id in &user_ids {
+            check_id("chat.New.InvalidUserID", "user_ids", id, limits)?;
+        }
+        let mut members = user_ids;
+        members.sort_unstable();
+        members.dedup();
+        let record = ChatRecord {
+            members,
+            created_at: now(),
+        };
+        let store = &self.shared.store;
+        let chat = if record.members.is_empty() {
+            let chat = Uuid::new_v4();
+            store.insert_chat(&chat, &record, None)?;
+            chat
+        } else {
+            let key = store::members_key(&record.members);
+            let _one_at_a_time = lock(&self.shared.new_lock);
+            match store.chat_for_members(&key)? {
+                Some(chat) => chat,
+                None => {
+                    let chat = Uuid::new_v4();
+                    store.insert_chat(&chat, &record, Some(&key))?;
+                    chat
+                }
+            }
+        };
+        // Also for an existing chat: it may have been created a moment ago
+        // by a concurrent call whose flush has not finished yet.
+        self.durable(None).await?;
+        Ok(chat)
+    }
+
+    /// Stores a message and returns it once durable; a retry of a stored
+    /// (chat, user, client_id) returns the stored message instead.
+    ///
+    /// # Errors
+    /// `Invalid`/`TooLarge` for a bad draft, `NotFound` for an unknown chat,
+    /// `PermissionDenied` for a non-member, `AlreadyExists` for a client_id
+    /// reused with other content, `Store`/`Unavailable` if it could not be
+    /// made durable (retry with the same client_id).
+    pub async fn send(&self, draft: Draft) -> Result<Arc<Message>> {
+        let limits = &self.shared.limits;
+        if draft.chat_id.is_empty() {
+            return Err(invalid("chat.Send.MissingChatID", "chat_id is required"));
+        }
+        if draft.user_id.is_empty() {
+            return Err(invalid("chat.Send.MissingUserID", "user_id is required"));
+        }
+        if draft.text.is_empty() {
+            return Err(invalid("chat.Send.MissingText", "text is required"));
+        }
+        check_id("chat.Send.InvalidUserID", "user_id", &draft.user_id, limits)?;
+        if draft.client_id.len() > limits.max_id_bytes {
+            return Err(Error::TooLarge(
+                "chat.Send.InvalidClientID",
+                format!(
+                    "client_id is {} bytes; the limit is {}",
+                    draft.client_id.len(),
+                    limits.max_id_bytes
+                ),
+            ));
+        }
+        let size = draft.subject.len() + draft.text.len();
+        if size > limits.max_message_bytes {
+            return Err(Error::TooLarge(
+                "chat.Send.TooLarge",
+                format!(
+                    "subject and text are {size} bytes; the limit is {}",
+                    limits.max_message_bytes
+                ),
+            ));
+        }
+        let chat = self.chat("chat.Send.InvalidChatID", &draft.chat_id)?;
+        chat.check_member("chat.Send.NotAMember", &draft.user_id)?;
+
+        let store = &self.shared.store;
+        let dedupe = !draft.client_id.is_empty();
+        let (msg, committed) = {
+            let mut last_seq = lock(&chat.last_seq);
+            let existing = match dedupe {
+                true => store.dedupe(&chat.id, &draft.user_id, &draft.client_id)?,
+                false => None,
+            };
+            let (msg, publish) = match existing {
+                Some(seq) => {
+                    let stored = store.message(&chat.id, seq)?.ok_or_else(|| {
+                        Error::Unavailable(format!(
+                            "message {seq} of its idempotency key is missing"
+                        ))
+                    })?;
+                    if stored.subject != draft.subject || stored.text != draft.text {
+                        return Err(Error::AlreadyExists(
+                            "chat.Send.ClientIDReused",
+                            format!(
+                                "client_id {:?} was already used by this user in this chat for a \
+                                 message with a different subject or text; use a new client_id",
+                                draft.client_id
+                            ),
+                        ));
+                    }
+                    (Arc::new(stored), None)
+                }
+                None => {
+                    let msg = Arc::new(Message {
+                        id: Uuid::new_v4().to_string(),
+                        client_id: if dedupe {
+                            draft.client_id
+                        } else {
+                            Uuid::new_v4().to_string()
+                        },
+                        chat: chat.id.as_bytes().to_vec(),
+                        user_id: draft.user_id,
+                        sent_at: now(),
+                        subject: draft.subject,
+                        text: draft.text,
+                        seq: *last_seq + 1,
+                    });
+                    store.append(&msg, dedupe)?;
+                    *last_seq = msg.seq;
+                    (msg.clone(), Some((chat.clone(), msg)))
+                }
+            };
+            // Queue while still holding the append lock: the committer then
+            // sees each chat's messages in seq order.
+            (msg, self.queue_commit(publish))
+        };
+        wait_commit(committed).await?;
+        Ok(msg)
+    }
+
+    /// One page of a chat's history (see `History` in the proto).
+    ///
+    /// # Errors
+    /// `Invalid` for a missing chat id or both cursors, `NotFound`, `Store`.
+    pub fn history(
+        &self,
+        chat_id: &str,
+        limit: u32,
+        before_seq: Option<u64>,
+        after_seq: Option<u64>,
+    ) -> Result<Page> {
+        if chat_id.is_empty() {
+            return Err(invalid("chat.History.MissingChatID", "chat_id is required"));
+        }
+        let chat = self.chat("chat.History.InvalidChatID", chat_id)?;
+        let page = self.shared.limits.history_page;
+        let limit = if limit == 0 || limit > page {
+            page
+        } else {
+            limit
+        } as usize;
+        let durable = *chat.durable.borrow();
+        let store = &self.shared.store;
+        match (before_seq, after_seq) {
+            (Some(_), Some(_)) => Err(invalid(
+                "chat.History.InvalidCursor",
+                "set before_seq or after_seq, not both",
+            )),
+            (None, Some(after)) => {
+                let messages =
+                    store.range(&chat.id, after.saturating_add(1), durable, limit, false)?;
+                let has_more = messages.last().is_some_and(|m| m.seq < durable);
+                Ok(Page { messages, has_more })
+            }
+            (before, None) => {
+                let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
+                let messages = store.range(&chat.id, 1, last, limit, true)?;
+                let has_more = messages.first().is_some_and(|m| m.seq > 1);
+                Ok(Page { messages, has_more })
+            }
+        }
+    }
+
+    /// Opens a live feed of a chat for `user_id`: every durable message with
+    /// seq > `since_seq`, or, without it, every message stored from now on.
+    ///
+    /// # Errors
+    /// `Invalid` for missing ids, `NotFound`, `PermissionDenied`, `Store`.
+    pub fn subscribe(
+        &self,
+        chat_id: &str,
+        user_id: &str,
+        since_seq: Option<u64>,
+    ) -> Result<Subscription> {
+        if chat_id.is_empty() {
+            return Err(invalid(
+                "chat.Connect.MissingChatID",
+                "the chat-id metadata is required",
+            ));
+        }
+        if user_id.is_empty() {
+            return Err(invalid(
+                "chat.Connect.MissingUserID",
+                "the user-id metadata is required",
+            ));
+        }
+        let chat = self.chat("chat.Connect.InvalidChatID", chat_id)?;
+        chat.check_member("chat.Connect.NotAMember", user_id)?;
+        // Subscribe before reading the durable seq: whatever is published
+        // after this point is seen by `durable`, so nothing falls in between.
+        let durable = chat.durable.subscribe();
+        let next = since_seq.unwrap_or(*durable.borrow()).saturating_add(1);
+        Ok(Subscription {
+            chats: self.clone(),
+            chat,
+            user_id: user_id.to_owned(),
+            next,
+            durable,
+            closing: self.shared.closing.subscribe(),
+        })
+    }
+
+    /// Ends every live subscription with `Unavailable` (shutdown), and any
+    /// opened from now on.
+    pub fn close_streams(&self) {
+        self.shared.closing.send_replace(true);
+    }
+
+    /// The in-memory state of a chat, loaded from the store on first use.
+    fn chat(&self, error_id: &'static str, chat_id: &str) -> Result<Arc<ChatState>> {
+        let not_found = || {
+            Error::NotFound(
+                error_id,
+                format!("no chat with id {chat_id:?}; create one with New"),
+            )
+        };
+        let id = Uuid::try_parse(chat_id).map_err(|_| not_found())?;
+        let mut live = lock(&self.shared.live);
+        if let Some(state) = live.chats.get(&id) {
+            return Ok(state.clone());
+        }
+        let store = &self.shared.store;
+        let record = store.chat(&id)?.ok_or_else(not_found)?;
+        // Nothing of this chat is in flight (an in-flight message keeps its
+        // state alive in the committer queue), so what the store holds is durable.
+        let last = store.last_seq(&id)?;
+        let state = Arc::new(ChatState {
+            id,
+            members: record.members,
+            last_seq: Mutex::new(last),
+            durable: watch::Sender::new(last),
+            recent: Mutex::new(VecDeque::new()),
+        });
+        if live.chats.len() >= live.sweep_at {
+            // Forget chats nobody holds; grow the threshold so that a map
+            // full of busy chats is not swept on every insert.
+            live.chats.retain(|_, s| Arc::strong_count(s) > 1);
+            live.sweep_at = SWEEP_AT.max(live.chats.len() * 2);
+        }
+        live.chats.insert(id, state.clone());
+        Ok(state)
+    }
+
+    fn queue_commit(
+        &self,
+        publish: Option<(Arc<ChatState>, Arc<Message>)>,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = oneshot::channel();
+        // A send error means the committer is gone; the dropped `done` then
+        // reports it to `wait_commit`.
+        let _ = self.shared.commits.send(Commit { done, publish });
+        rx
+    }
+
+    /// Waits until everything written before this call is durable.
+    async fn durable(&self, publish: Option<(Arc<ChatState>, Arc<Message>)>) -> Result<()> {
+        wait_commit(self.queue_commit(publish)).await
+    }
+}
+
+async fn wait_commit(rx: oneshot::Receiver<Result<(), String>>) -> Result<()> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Unavailable(format!(
+            "the store could not make the write durable ({e}); retry with the same client_id"
+        ))),
+        Err(_) => Err(Error::Unavailable(
+            "the server is shutting down; retry with the same client_id".into(),
+        )),
+    }
+}
+
+/// The committer: one flush for everything queued while the previous flush
+/// ran, then publish and answer in queue order.
+async fn commit_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Commit>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let flushed = store.flush().await.map_err(|e| e.to_string());
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "flush failed; senders are told to retry");
+        }
+        for commit in batch.drain(..) {
+            if let (Ok(()), Some((chat, msg))) = (&flushed, commit.publish) {
+                chat.publish(msg);
+            }
+            let _ = commit.done.send(flushed.clone());
+        }
+    }
+}
+
+impl ChatState {
+    fn check_member(&self, error_id: &'static str, user_id: &str) -> Result<()> {
+        if self.members.is_empty()
+            || self
+                .members
+                .binary_search_by(|m| m.as_str().cmp(user_id))
+                .is_ok()
+        {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(
+                error_id,
+                format!("user {user_id:?} is not a member of chat {}", self.id),
+            ))
+        }
+    }
+
+    /// Makes a durable message visible to readers and live streams.
+    fn publish(&self, msg: Arc<Message>) {
+        let seq = msg.seq;
+        {
+            let mut recent = lock(&self.recent);
+            let contiguous = recent.back().is_none_or(|m| m.seq + 1 == seq);
+            if self.durable.receiver_count() == 0 || !contiguous {
+                // No stream to serve (the ring is dropped with the last
+                // stream), or a hole after a failed flush: start over.
+                recent.clear();
+            }
+            if self.durable.receiver_count() > 0 {
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back(msg);
+            }
+        }
+        self.durable.send_if_modified(|durable| {
+            let newer = seq > *durable;
+            if newer {
+                *durable = seq;
+            }
+            newer
+        });
+    }
+}
+
+/// A live feed of one chat for one user (the core of Connect). Pull-based:
+/// it holds no queue, only the next seq it wants, so a reader that falls
+/// behind costs nothing and later catches up from the store, with no gap,
+/// while writers never wait for it.
+pub struct Subscription {
+    chats: Chats,
+    chat: Arc<ChatState>,
+    user_id: String,
+    next: u64,
+    durable: watch::Receiver<u64>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Subscription {
+    /// The next messages, in seq order, each exactly once; waits while there
+    /// are none. Cancel-safe: nothing is consumed until it returns.
+    ///
+    /// # Errors
+    /// `Unavailable` when the server is shutting down; `Store`.
+    pub async fn next_batch(&mut self) -> Result<Vec<Arc<Message>>> {
+        loop {
+            if *self.closing.borrow_and_update() {
+                return Err(Error::Unavailable(format!(
+                    "the server is shutting down; reconnect with since-seq: {}",
+                    self.next - 1
+                )));
+            }
+            let durable = *self.durable.borrow_and_update();
+            if self.next <= durable {
+                let batch = self.read(durable)?;
+                if let Some(last) = batch.last() {
+                    self.next = last.seq + 1;
+                }
+                return Ok(batch);
+            }
+            tokio::select! {
+                // The sender lives in the chat state we hold: never closed.
+                _ = self.durable.changed() => {}
+                _ = self.closing.changed() => {}
+            }
+        }
+    }
+
+    /// The last seq handed out (or the `since_seq` it started after).
+    pub fn delivered(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// The chat's durable seq right now.
+    pub fn durable(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Sends a message on behalf of this stream's user, exactly like `Send`.
+    ///
+    /// # Errors
+    /// As [`Chats::send`]; `Invalid` if the draft names another chat or user.
+    pub async fn send(&self, mut draft: Draft) -> Result<Arc<Message>> {
+        let chat_id = self.chat.id.to_string();
+        if !draft.chat_id.is_empty() && draft.chat_id != chat_id {
+            return Err(invalid(
+                "chat.Connect.WrongChatID",
+                format!(
+                    "this stream is for chat {chat_id}, the message names {:?}",
+                    draft.chat_id
+                ),
+            ));
+        }
+        if !draft.user_id.is_empty() && draft.user_id != self.user_id {
+            return Err(invalid(
+                "chat.Connect.WrongUserID",
+                format!(
+                    "this stream is for user {:?}, the message names {:?}",
+                    self.user_id, draft.user_id
+                ),
+            ));
+        }
+        draft.chat_id = chat_id;
+        draft.user_id.clone_from(&self.user_id);
+        self.chats.send(draft).await
+    }
+
+    /// Messages `self.next..=durable`, at most [`BATCH`]: from the recent
+    /// ring when it has them, else from the store.
+    fn read(&self, durable: u64) -> Result<Vec<Arc<Message>>> {
+        let want = (durable - self.next + 1).min(BATCH as u64) as usize;
+        {
+            let recent = lock(&self.chat.recent);
+            if let Some(first) = recent.front() {
+                if first.seq <= self.next {
+                    let skip = (self.next - first.seq) as usize;
+                    if skip < recent.len() {
+                        return Ok(recent.iter().skip(skip).take(want).cloned().collect());
+                    }
+                }
+            }
+        }
+        let last = self.next + want as u64 - 1;
+        Ok(self
+            .chats
+            .shared
+            .store
+            .range(&self.chat.id, self.next, last, want, false)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
+}
+
+fn invalid(id: &'static str, detail: impl Into<String>) -> Error {
+    Error::Invalid(id, detail.into())
+}
+
+fn check_id(error_id: &'static str, field: &str, id: &str, limits: &Limits) -> Result<()> {
+    if id.is_empty() {
+        return Err(invalid(
+            error_id,
+            format!("{field}: an id must not be empty"),
+        ));
+    }
+    if id.len() > limits.max_id_bytes {
+        return Err(Error::TooLarge(
+            error_id,
+            format!(
+                "{field}: an id is {} bytes; the limit is {}",
+                id.len(),
+                limits.max_id_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Locks a std mutex. A poisoned lock means a panic while it was held; the
+/// data it guards is still consistent (every critical section here writes
+/// sled first and memory last), so carry on rather than fail every request.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
