@@ -18,8 +18,8 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, MutexGuard},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     store::{self, ChatRecord, Message, Store},
 };
 
@@ -97,6 +98,7 @@ struct Shared {
     commits: mpsc::UnboundedSender<Commit>,
     /// Set to true when live streams must end (shutdown).
     closing: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 struct Live {
@@ -125,12 +127,13 @@ struct Commit {
 }
 
 impl Chats {
-    /// Starts the chat logic over `store`, spawning the committer task. The
-    /// task ends, after a last flush, when the last clone of the handle is
-    /// dropped; await the returned handle to know the store is quiet.
-    pub fn start(store: Store, limits: Limits) -> (Chats, tokio::task::JoinHandle<()>) {
+    /// Starts the chat logic over `store`, spawning the committer task; the
+    /// returned [`Committer`] owns it and stops it.
+    pub fn start(store: Store, limits: Limits) -> (Chats, Committer) {
         let (commits, rx) = mpsc::unbounded_channel();
-        let committer = tokio::spawn(commit_loop(store.clone(), rx));
+        let (stop, stopped) = oneshot::channel();
+        let metrics = Arc::new(Metrics::default());
+        let task = tokio::spawn(commit_loop(store.clone(), rx, stopped, metrics.clone()));
         let shared = Arc::new(Shared {
             store,
             limits,
@@ -141,12 +144,18 @@ impl Chats {
             new_lock: Mutex::new(()),
             commits,
             closing: watch::Sender::new(false),
+            metrics,
         });
-        (Chats { shared }, committer)
+        (Chats { shared }, Committer { stop, task })
     }
 
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// The service's counters, shared with the wire layer.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     /// The chat for `user_ids` (see `New` in the proto): the same set always
@@ -267,6 +276,7 @@ impl Chats {
                             ),
                         ));
                     }
+                    self.shared.metrics.idempotent_replays.fetch_add(1, Relaxed);
                     (Arc::new(stored), None)
                 }
                 None => {
@@ -369,6 +379,7 @@ impl Chats {
         // after this point is seen by `durable`, so nothing falls in between.
         let durable = chat.durable.subscribe();
         let next = since_seq.unwrap_or(*durable.borrow()).saturating_add(1);
+        self.shared.metrics.streams_open.fetch_add(1, Relaxed);
         Ok(Subscription {
             chats: self.clone(),
             chat,
@@ -449,18 +460,54 @@ async fn wait_commit(rx: oneshot::Receiver<Result<(), String>>) -> Result<()> {
     }
 }
 
+/// Owner of the committer task.
+pub struct Committer {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Committer {
+    /// Answers everything already queued (after a last flush), refuses what
+    /// comes later with `Unavailable`, and waits for the task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// The committer: one flush for everything queued while the previous flush
-/// ran, then publish and answer in queue order.
-async fn commit_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Commit>) {
+/// ran, then publish and answer in queue order. On `stop` it closes the
+/// queue and drains it.
+async fn commit_loop(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Commit>,
+    mut stop: oneshot::Receiver<()>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 4096).await > 0 {
+    let mut stopping = false;
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, 4096) => n,
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let started = Instant::now();
         let flushed = store.flush().await.map_err(|e| e.to_string());
+        metrics.flush_latency.observe(started.elapsed());
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "flush failed; senders are told to retry");
         }
         for commit in batch.drain(..) {
             if let (Ok(()), Some((chat, msg))) = (&flushed, commit.publish) {
                 chat.publish(msg);
+                metrics.messages_stored.fetch_add(1, Relaxed);
             }
             let _ = commit.done.send(flushed.clone());
         }
@@ -606,6 +653,12 @@ impl Subscription {
                     if skip < recent.len() {
                         return Ok(recent.iter().skip(skip).take(want).cloned().collect());
                     }
+                } else {
+                    self.chats
+                        .shared
+                        .metrics
+                        .lagging_reads
+                        .fetch_add(1, Relaxed);
                 }
             }
         }
@@ -618,6 +671,12 @@ impl Subscription {
             .into_iter()
             .map(Arc::new)
             .collect())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.chats.shared.metrics.streams_open.fetch_sub(1, Relaxed);
     }
 }
 

@@ -12,6 +12,8 @@ pub type Client = pb::chat_client::ChatClient<Channel>;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The running chat logic, for what only the server can see.
+    pub chats: chat::chat::Chats,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), chat::RunError>>>,
 }
@@ -26,11 +28,14 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat::run(config, listener, async {
+        let server = chat::Server::open(config).unwrap();
+        let chats = server.chats();
+        let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            chats,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,153 @@
+//! Counters and histograms, rendered as Prometheus text. Lock-free atomics
+//! on the hot paths; no metrics crate needed for this handful.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
+    time::Duration,
+};
+
+/// Latency bucket bounds, in seconds.
+const BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The RPC methods, in the order of [`Metrics::rpc_latency`].
+pub const METHODS: [&str; 4] = ["New", "Send", "History", "Connect"];
+
+/// A latency histogram.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Everything the service counts. Shared by the chat logic and the wire layer.
+#[derive(Default)]
+pub struct Metrics {
+    /// Finished RPCs by (method, gRPC code name).
+    rpcs: Mutex<Vec<((&'static str, &'static str), u64)>>,
+    /// Per method, in [`METHODS`] order.
+    rpc_latency: [Histogram; 4],
+    pub streams_open: AtomicI64,
+    pub messages_stored: AtomicU64,
+    pub idempotent_replays: AtomicU64,
+    /// Times a live stream was behind the in-memory window and read the store.
+    pub lagging_reads: AtomicU64,
+    pub flush_latency: Histogram,
+}
+
+impl Metrics {
+    /// Records one finished RPC.
+    pub fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
+        if let Some(i) = METHODS.iter().position(|m| *m == method) {
+            self.rpc_latency[i].observe(latency);
+        }
+        let mut rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+        match rpcs.iter_mut().find(|(k, _)| *k == (method, code)) {
+            Some((_, n)) => *n += 1,
+            None => rpcs.push(((method, code), 1)),
+        }
+    }
+
+    /// Finished RPCs of `method` with `code` so far.
+    pub fn rpc_count(&self, method: &str, code: &str) -> u64 {
+        let rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+        rpcs.iter()
+            .find(|((m, c), _)| *m == method && *c == code)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP chat_rpcs_total Finished RPCs by method and gRPC code.\n# TYPE chat_rpcs_total counter\n");
+        for ((method, code), n) in self.rpcs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "chat_rpcs_total{{method=\"{method}\",code=\"{code}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP chat_rpc_duration_seconds RPC latency (Connect: the whole stream).\n# TYPE chat_rpc_duration_seconds histogram\n");
+        for (method, h) in METHODS.iter().zip(&self.rpc_latency) {
+            h.render(
+                &mut out,
+                "chat_rpc_duration_seconds",
+                &format!("method=\"{method}\""),
+            );
+        }
+        let gauges: [(&str, &str, &str, i64); 4] = [
+            (
+                "chat_connect_streams_open",
+                "gauge",
+                "Open Connect streams.",
+                self.streams_open.load(Relaxed),
+            ),
+            (
+                "chat_messages_stored_total",
+                "counter",
+                "Messages stored (durable).",
+                self.messages_stored.load(Relaxed) as i64,
+            ),
+            (
+                "chat_idempotent_replays_total",
+                "counter",
+                "Sends answered with an already stored message.",
+                self.idempotent_replays.load(Relaxed) as i64,
+            ),
+            (
+                "chat_lagging_reads_total",
+                "counter",
+                "Reads from the store by live streams behind the in-memory window.",
+                self.lagging_reads.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out.push_str("# HELP chat_flush_duration_seconds Store flushes (one per group commit).\n# TYPE chat_flush_duration_seconds histogram\n");
+        self.flush_latency
+            .render(&mut out, "chat_flush_duration_seconds", "");
+        out
+    }
+}
