@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_members: usize,
     /// History's default and largest page.
     pub history_page: u32,
+    /// Most messages a subscription hands out at once.
+    pub stream_buffer: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +53,7 @@ impl Default for Limits {
             max_id_bytes: 128,
             max_members: 256,
             history_page: 1000,
+            stream_buffer: 64,
         }
     }
 }
@@ -75,8 +78,6 @@ pub struct Page {
 /// Messages kept in memory per chat for live streams, so that a stream that
 /// keeps up never reads the store. Older ones are read from the store.
 const RECENT: usize = 256;
-/// Largest batch a subscription hands out at once (bounds per-stream memory).
-const BATCH: usize = 64;
 /// Idle chat states are swept from memory once there are this many.
 const SWEEP_AT: usize = 4096;
 
@@ -390,6 +391,11 @@ impl Chats {
         })
     }
 
+    /// True once shutdown has begun; health reports NOT_SERVING from then on.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.shared.closing.subscribe()
+    }
+
     /// Ends every live subscription with `Unavailable` (shutdown), and any
     /// opened from now on.
     pub fn close_streams(&self) {
@@ -641,10 +647,11 @@ impl Subscription {
         self.chats.send(draft).await
     }
 
-    /// Messages `self.next..=durable`, at most [`BATCH`]: from the recent
-    /// ring when it has them, else from the store.
+    /// Messages `self.next..=durable`, at most `stream_buffer`: from the
+    /// recent ring when it has them, else from the store.
     fn read(&self, durable: u64) -> Result<Vec<Arc<Message>>> {
-        let want = (durable - self.next + 1).min(BATCH as u64) as usize;
+        let buffer = self.chats.shared.limits.stream_buffer as u64;
+        let want = (durable - self.next + 1).min(buffer) as usize;
         {
             let recent = lock(&self.chat.recent);
             if let Some(first) = recent.front() {

@@ -1,9 +1,9 @@
 //! Configuration: every setting is a flag with a `CHAT_*` environment
 //! variable. `chat --help` is the reference; the README's table matches it.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::chat::Limits;
 
@@ -37,6 +37,41 @@ pub struct Config {
     /// History's default page size, and the largest page it returns.
     #[arg(long, env = "CHAT_HISTORY_PAGE", default_value_t = 1000)]
     pub history_page: u32,
+
+    /// Most messages a Connect stream takes at once from the store or the
+    /// in-memory window (its buffer; a stream holds no other queue).
+    #[arg(long, env = "CHAT_STREAM_BUFFER", default_value_t = 64)]
+    pub stream_buffer: usize,
+
+    /// Seconds between HTTP/2 keepalive pings, so half-open clients are noticed (0: off).
+    #[arg(long, env = "CHAT_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    pub keepalive_interval: u64,
+
+    /// Seconds to wait for a keepalive ping's answer before closing the connection.
+    #[arg(long, env = "CHAT_KEEPALIVE_TIMEOUT", default_value_t = 10)]
+    pub keepalive_timeout: u64,
+
+    /// Most concurrent streams (calls) on one HTTP/2 connection.
+    #[arg(long, env = "CHAT_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
+    /// Seconds to wait on SIGTERM/SIGINT for in-flight calls before exiting anyway.
+    #[arg(long, env = "CHAT_DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout: u64,
+
+    /// Log format on stderr.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address to serve Prometheus metrics on, at /metrics (off when unset).
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {
@@ -53,7 +88,13 @@ impl Config {
             max_id_bytes: self.max_id_bytes,
             max_members: self.max_members,
             history_page: self.history_page.max(1),
+            stream_buffer: self.stream_buffer.max(1),
         }
+    }
+
+    /// `None` when keepalive is off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval > 0).then(|| Duration::from_secs(self.keepalive_interval))
     }
 
     /// The largest gRPC message the server decodes: a full-size Send or a

@@ -1,26 +1,56 @@
 //! The gRPC wire layer: handlers that convert, call [`Chats`] and convert
-//! back, and the one mapping of [`Error`] to [`Status`].
+//! back, count and log each call, and the one mapping of [`Error`] to [`Status`].
 
-use std::{collections::HashMap, pin::Pin};
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio_stream::Stream;
 use tonic::{metadata::MetadataMap, Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    chat::{Chats, Draft},
+    chat::{Chats, Draft, Subscription},
     error::Error,
+    metrics::Metrics,
     pb, store,
 };
 
 /// The `chat.Chat` service.
 pub struct ChatService {
     chats: Chats,
+    metrics: Arc<Metrics>,
 }
 
 impl ChatService {
     pub fn new(chats: Chats) -> Self {
-        ChatService { chats }
+        let metrics = chats.metrics().clone();
+        ChatService { chats, metrics }
+    }
+
+    /// Runs a unary call, then counts and logs it.
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        chat_id: &str,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await.map_err(Status::from);
+        let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        finished(
+            &self.metrics,
+            method,
+            chat_id,
+            code,
+            started.elapsed(),
+            result.as_ref().err(),
+        );
+        result.map(Response::new)
     }
 }
 
@@ -32,10 +62,13 @@ impl pb::chat_server::Chat for ChatService {
         &self,
         request: Request<pb::NewRequest>,
     ) -> Result<Response<pb::NewResponse>, Status> {
-        let chat = self.chats.new_chat(request.into_inner().user_ids).await?;
-        Ok(Response::new(pb::NewResponse {
-            chat_id: chat.to_string(),
-        }))
+        self.observe("New", "", async {
+            let chat = self.chats.new_chat(request.into_inner().user_ids).await?;
+            Ok(pb::NewResponse {
+                chat_id: chat.to_string(),
+            })
+        })
+        .await
     }
 
     async fn history(
@@ -43,13 +76,16 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let req = request.into_inner();
-        let page = self
-            .chats
-            .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
-        Ok(Response::new(pb::HistoryResponse {
-            messages: page.messages.iter().map(to_wire).collect(),
-            has_more: page.has_more,
-        }))
+        self.observe("History", &req.chat_id, async {
+            let page =
+                self.chats
+                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
+            Ok(pb::HistoryResponse {
+                messages: page.messages.iter().map(to_wire).collect(),
+                has_more: page.has_more,
+            })
+        })
+        .await
     }
 
     async fn send(
@@ -57,19 +93,23 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let req = request.into_inner();
-        let msg = self
-            .chats
-            .send(Draft {
-                client_id: req.client_id,
-                chat_id: req.chat_id,
-                user_id: req.user_id,
-                subject: req.subject,
-                text: req.text,
+        let chat_id = req.chat_id.clone();
+        self.observe("Send", &chat_id, async {
+            let msg = self
+                .chats
+                .send(Draft {
+                    client_id: req.client_id,
+                    chat_id: req.chat_id,
+                    user_id: req.user_id,
+                    subject: req.subject,
+                    text: req.text,
+                })
+                .await?;
+            Ok(pb::SendResponse {
+                message: Some(to_wire(&msg)),
             })
-            .await?;
-        Ok(Response::new(pb::SendResponse {
-            message: Some(to_wire(&msg)),
-        }))
+        })
+        .await
     }
 
     type ConnectStream = ConnectStream;
@@ -83,52 +123,62 @@ impl pb::chat_server::Chat for ChatService {
         &self,
         request: Request<Streaming<pb::Message>>,
     ) -> Result<Response<ConnectStream>, Status> {
-        let md = request.metadata();
-        let chat_id = metadata(md, "chat-id")?;
-        let user_id = metadata(md, "user-id")?;
-        let since_seq = match metadata(md, "since-seq")? {
-            s if s.is_empty() => None,
-            s => Some(s.trim().parse::<u64>().map_err(|_| {
-                Status::from(Error::Invalid(
-                    "chat.Connect.InvalidSinceSeq",
-                    format!("since-seq must be a seq number (0 or more), not {s:?}"),
-                ))
-            })?),
+        let chat_id = metadata(request.metadata(), "chat-id").unwrap_or_default();
+        let mut sub = match self.subscribe(request.metadata()) {
+            Ok(sub) => sub,
+            Err(e) => {
+                let status = Status::from(e);
+                let code = status.code();
+                finished(
+                    &self.metrics,
+                    "Connect",
+                    &chat_id,
+                    code,
+                    Duration::ZERO,
+                    Some(&status),
+                );
+                return Err(status);
+            }
         };
-        let mut sub = self.chats.subscribe(&chat_id, &user_id, since_seq)?;
+        tracing::debug!(chat_id, "Connect stream opened");
         let mut inbound = request.into_inner();
+        let mut end = StreamEnd {
+            metrics: self.metrics.clone(),
+            chat_id,
+            started: Instant::now(),
+            code: Code::Cancelled,
+        };
         let out = async_stream::stream! {
             // After the client half-closes: the durable seq to deliver up to before ending.
             let mut end_at: Option<u64> = None;
             loop {
                 if end_at.is_some_and(|end| sub.delivered() >= end) {
+                    end.set(Code::Ok);
                     break;
                 }
                 let event = tokio::select! {
                     inbound = inbound.message(), if end_at.is_none() => Event::Inbound(inbound),
                     batch = sub.next_batch() => Event::Batch(batch),
                 };
-                match event {
-                    Event::Inbound(Ok(Some(msg))) => {
-                        if let Err(e) = sub.send(draft(msg)).await {
-                            yield Err(e.into());
-                            break;
-                        }
+                let failed = match event {
+                    Event::Inbound(Ok(Some(msg))) => sub.send(draft(msg)).await.err().map(Status::from),
+                    Event::Inbound(Ok(None)) => {
+                        end_at = Some(sub.durable());
+                        None
                     }
-                    Event::Inbound(Ok(None)) => end_at = Some(sub.durable()),
-                    Event::Inbound(Err(status)) => {
-                        yield Err(status);
-                        break;
-                    }
+                    Event::Inbound(Err(status)) => Some(status),
                     Event::Batch(Ok(batch)) => {
                         for msg in batch {
                             yield Ok(to_wire(&msg));
                         }
+                        None
                     }
-                    Event::Batch(Err(e)) => {
-                        yield Err(e.into());
-                        break;
-                    }
+                    Event::Batch(Err(e)) => Some(Status::from(e)),
+                };
+                if let Some(status) = failed {
+                    end.set(status.code());
+                    yield Err(status);
+                    break;
                 }
             }
         };
@@ -136,20 +186,119 @@ impl pb::chat_server::Chat for ChatService {
     }
 }
 
+impl ChatService {
+    /// Opens the subscription a Connect call asks for in its metadata.
+    fn subscribe(&self, md: &MetadataMap) -> Result<Subscription, Error> {
+        let since_seq = match metadata(md, "since-seq")? {
+            s if s.is_empty() => None,
+            s => Some(s.trim().parse::<u64>().map_err(|_| {
+                Error::Invalid(
+                    "chat.Connect.InvalidSinceSeq",
+                    format!("since-seq must be a seq number (0 or more), not {s:?}"),
+                )
+            })?),
+        };
+        self.chats.subscribe(
+            &metadata(md, "chat-id")?,
+            &metadata(md, "user-id")?,
+            since_seq,
+        )
+    }
+}
+
+/// Counts and logs a Connect stream when it ends, however it ends: if the
+/// client goes away the stream is dropped mid-way and the code stays CANCELLED.
+struct StreamEnd {
+    metrics: Arc<Metrics>,
+    chat_id: String,
+    started: Instant,
+    code: Code,
+}
+
+impl StreamEnd {
+    fn set(&mut self, code: Code) {
+        self.code = code;
+    }
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        let latency = self.started.elapsed();
+        finished(
+            &self.metrics,
+            "Connect",
+            &self.chat_id,
+            self.code,
+            latency,
+            None,
+        );
+    }
+}
+
 enum Event {
     Inbound(Result<Option<pb::Message>, Status>),
-    Batch(crate::error::Result<Vec<std::sync::Arc<store::Message>>>),
+    Batch(crate::error::Result<Vec<Arc<store::Message>>>),
+}
+
+/// Counts and logs one finished RPC: one line, at debug when OK or when the
+/// client went away, info for a refused request, error for a server failure.
+/// Never logs message text.
+fn finished(
+    metrics: &Metrics,
+    method: &'static str,
+    chat_id: &str,
+    code: Code,
+    latency: Duration,
+    err: Option<&Status>,
+) {
+    let code_name = code_name(code);
+    metrics.rpc(method, code_name, latency);
+    let latency_us = latency.as_micros() as u64;
+    let error = err.map_or("", Status::message);
+    match code {
+        Code::Ok | Code::Cancelled => {
+            tracing::debug!(method, code = code_name, latency_us, chat_id, "rpc")
+        }
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            tracing::error!(method, code = code_name, latency_us, chat_id, error, "rpc")
+        }
+        _ => tracing::info!(method, code = code_name, latency_us, chat_id, error, "rpc"),
+    }
 }
 
 /// A text metadata value; absent reads as empty.
-fn metadata(md: &MetadataMap, key: &'static str) -> Result<String, Status> {
+fn metadata(md: &MetadataMap, key: &'static str) -> Result<String, Error> {
     match md.get(key) {
         None => Ok(String::new()),
         Some(v) => v.to_str().map(str::to_owned).map_err(|_| {
-            Status::invalid_argument(format!(
-                "chat.Connect.InvalidMetadata: the {key} metadata must be printable ASCII"
-            ))
+            Error::Invalid(
+                "chat.Connect.InvalidMetadata",
+                format!("the {key} metadata must be printable ASCII"),
+            )
         }),
+    }
+}
+
+/// The canonical name of a gRPC code, as in the gRPC spec.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -133,3 +133,107 @@ pub fn assert_error(status: &tonic::Status, code: tonic::Code, id: &str) {
     assert_eq!(info.reason, id);
     assert_eq!(info.domain, "chat");
 }
+
+/// The real `chat` binary, started as a child process on `127.0.0.1:0` with
+/// JSON logs; its addresses are read off its log.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Every log line so far (stderr is drained so the child never blocks).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    pub async fn start(dir: &Path, extra: &[&str]) -> Binary {
+        Binary::try_start(dir, extra)
+            .await
+            .unwrap_or_else(|log| panic!("chat did not start:\n{log}"))
+    }
+
+    /// Starts the binary; `Err` holds its log if it exits before serving.
+    pub async fn try_start(dir: &Path, extra: &[&str]) -> Result<Binary, String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let wants_metrics = extra.contains(&"--metrics-listen");
+        let (mut addr, mut metrics_addr) = (None, None);
+        while addr.is_none() || (wants_metrics && metrics_addr.is_none()) {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("chat logs within 30 s")
+                .unwrap();
+            let Some(line) = line else {
+                return Err(log.lock().unwrap().join("\n"));
+            };
+            log.lock().unwrap().push(line.clone());
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let found = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+            match v["fields"]["message"].as_str() {
+                Some("serving gRPC") => addr = found,
+                Some("serving metrics at /metrics") => metrics_addr = found,
+                _ => {}
+            }
+        }
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Ok(Binary {
+            child,
+            addr: addr.unwrap(),
+            metrics_addr,
+            log,
+        })
+    }
+
+    pub async fn client(&self) -> Client {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::chat_client::ChatClient::new(channel)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+/// GET `path` over HTTP/1.1 with a plain TCP socket; returns the whole response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
