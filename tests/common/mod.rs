@@ -205,12 +205,15 @@ impl Binary {
     }
 
     pub async fn client(&self) -> Client {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+        pb::chat_client::ChatClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
             .await
-            .unwrap();
-        pb::chat_client::ChatClient::new(channel)
+            .unwrap()
     }
 
     pub fn signal(&self, signal: &str) {
