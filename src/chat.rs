@@ -261,12 +261,7 @@ impl Chats {
                 false => None,
             };
             let (msg, publish) = match existing {
-                Some(seq) => {
-                    let stored = store.message(&chat.id, seq)?.ok_or_else(|| {
-                        Error::Unavailable(format!(
-                            "message {seq} of its idempotency key is missing"
-                        ))
-                    })?;
+                Some(stored) => {
                     if stored.subject != draft.subject || stored.text != draft.text {
                         return Err(Error::AlreadyExists(
                             "chat.Send.ClientIDReused",
