@@ -78,6 +78,9 @@ pub struct Page {
 /// Messages kept in memory per chat for live streams, so that a stream that
 /// keeps up never reads the store. Older ones are read from the store.
 const RECENT: usize = 256;
+/// How many times the committer yields to let ready requests join a group
+/// before it flushes (while more keep arriving).
+const GATHER_YIELDS: usize = 4;
 /// Idle chat states are swept from memory once there are this many.
 const SWEEP_AT: usize = 4096;
 
@@ -256,8 +259,9 @@ impl Chats {
         let dedupe = !draft.client_id.is_empty();
         let (msg, committed) = {
             let mut last_seq = lock(&chat.last_seq);
+            let seq = *last_seq + 1;
             let existing = match dedupe {
-                true => store.dedupe(&chat.id, &draft.user_id, &draft.client_id)?,
+                true => store.claim(&chat.id, &draft.user_id, &draft.client_id, seq)?,
                 false => None,
             };
             let (msg, publish) = match existing {
@@ -288,9 +292,9 @@ impl Chats {
                         sent_at: now(),
                         subject: draft.subject,
                         text: draft.text,
-                        seq: *last_seq + 1,
+                        seq,
                     });
-                    store.append(&msg, dedupe)?;
+                    store.append(&msg)?;
                     *last_seq = msg.seq;
                     (msg.clone(), Some((chat.clone(), msg)))
                 }
@@ -498,6 +502,17 @@ async fn commit_loop(
         };
         if received == 0 {
             break;
+        }
+        // Let the requests that are ready to run append first, so that this
+        // flush covers them too: bigger groups, fewer fsyncs.
+        for _ in 0..GATHER_YIELDS {
+            tokio::task::yield_now().await;
+            if rx.is_empty() {
+                break;
+            }
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
         }
         let started = Instant::now();
         let flushed = store.flush().await.map_err(|e| e.to_string());

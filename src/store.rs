@@ -20,13 +20,14 @@
 //! # Why a message and its idempotency key are two plain inserts
 //! A sled `Batch` would make them atomic, but `apply_batch` takes sled's
 //! global write lock and made the append path ten times slower (measured
-//! with chat-bench scenario 2). Instead [`Store::append`] writes the `D` key
-//! first and the message second, and sled recovers a prefix of its log. So a
+//! with chat-bench scenario 2). Instead [`Store::claim`] writes the `D` key
+//! first (one compare-and-swap that also tells whether it existed), then
+//! [`Store::append`] the message, and sled recovers a prefix of its log. So a
 //! crash leaves either both, or only the `D` key, pointing at a seq that has
-//! no message or, after restart, another message. [`Store::dedupe`] checks
-//! the message it points to and ignores such a stale key; a retry then
-//! stores the message anew and overwrites it. A message never exists without
-//! its key, so a retry never stores a duplicate.
+//! no message or, after restart, another message. A `D` key is only believed
+//! when the message it points to has the same user and client_id; a stale
+//! one is claimed anew. A message never exists without its key, so a retry
+//! never stores a duplicate.
 
 use std::path::Path;
 
@@ -156,15 +157,35 @@ impl Store {
         }
     }
 
-    /// The message stored under an idempotency key, if any (a key left
-    /// stale by a crash, see the module docs, reads as none).
-    pub fn dedupe(&self, chat: &Uuid, user_id: &str, client_id: &str) -> Result<Option<Message>> {
-        let Some(seq) = self.db.get(dedupe_key(chat, user_id, client_id))? else {
+    /// Claims the idempotency key (chat, user, client_id) for a message
+    /// about to be appended at `seq`, or returns the message already stored
+    /// under it. A key left stale by a crash (see the module docs) is
+    /// claimed anew. The caller serializes appends to the chat.
+    pub fn claim(
+        &self,
+        chat: &Uuid,
+        user_id: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<Message>> {
+        let key = dedupe_key(chat, user_id, client_id);
+        let new = seq.to_be_bytes();
+        let Err(taken) = self
+            .db
+            .compare_and_swap(&key, None::<&[u8]>, Some(&new[..]))?
+        else {
             return Ok(None);
         };
-        Ok(self
-            .message(chat, seq_of_value(&seq))?
-            .filter(|m| m.user_id == user_id && m.client_id == client_id))
+        let stored = match taken.current {
+            Some(old) => self
+                .message(chat, seq_of_value(&old))?
+                .filter(|m| m.user_id == user_id && m.client_id == client_id),
+            None => None,
+        };
+        if stored.is_none() {
+            self.db.insert(key, &new[..])?;
+        }
+        Ok(stored)
     }
 
     pub fn message(&self, chat: &Uuid, seq: u64) -> Result<Option<Message>> {
@@ -172,18 +193,11 @@ impl Store {
         self.db.get(key)?.map(|v| decode(&key, &v)).transpose()
     }
 
-    /// Writes a message and, if `dedupe`, first its idempotency key (the
-    /// order matters: see the module docs). Not yet durable: see [`Store::flush`].
-    pub fn append(&self, msg: &Message, dedupe: bool) -> Result<()> {
-        let chat = msg.chat_id();
-        if dedupe {
-            self.db.insert(
-                dedupe_key(&chat, &msg.user_id, &msg.client_id),
-                &msg.seq.to_be_bytes()[..],
-            )?;
-        }
+    /// Writes a message; if it has an idempotency key, [`Store::claim`] it
+    /// first. Not yet durable: see [`Store::flush`].
+    pub fn append(&self, msg: &Message) -> Result<()> {
         self.db
-            .insert(message_key(&chat, msg.seq), msg.encode_to_vec())?;
+            .insert(message_key(&msg.chat_id(), msg.seq), msg.encode_to_vec())?;
         Ok(())
     }
 
@@ -312,8 +326,8 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         // Seqs across a byte boundary prove big-endian ordering.
         for seq in [1, 2, 255, 256, 257] {
-            store.append(&msg(&a, seq, ""), false).unwrap();
-            store.append(&msg(&b, seq, ""), false).unwrap();
+            store.append(&msg(&a, seq, "")).unwrap();
+            store.append(&msg(&b, seq, "")).unwrap();
         }
         let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(
@@ -325,39 +339,38 @@ mod tests {
         assert_eq!(store.last_seq(&Uuid::new_v4()).unwrap(), 0);
     }
 
-    #[test]
-    fn dedupe_key_is_written_with_the_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let chat = Uuid::new_v4();
-        store.append(&msg(&chat, 1, "c1"), true).unwrap();
-        assert_eq!(
-            store.dedupe(&chat, "ann", "c1").unwrap().map(|m| m.seq),
-            Some(1)
-        );
-        assert_eq!(store.dedupe(&chat, "an", "nc1").unwrap(), None);
+    /// Claims and appends as `Chats::send` does.
+    fn send(store: &Store, chat: &Uuid, seq: u64, client_id: &str) -> Option<u64> {
+        if let Some(stored) = store.claim(chat, "ann", client_id, seq).unwrap() {
+            return Some(stored.seq);
+        }
+        store.append(&msg(chat, seq, client_id)).unwrap();
+        None
     }
 
     #[test]
-    fn a_dedupe_key_left_without_its_message_is_ignored() {
+    fn a_claimed_key_returns_its_message() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let chat = Uuid::new_v4();
-        // As a crash between the two inserts leaves it: the key, no message.
-        store
-            .db
-            .insert(dedupe_key(&chat, "ann", "c1"), &1u64.to_be_bytes()[..])
-            .unwrap();
-        assert_eq!(store.dedupe(&chat, "ann", "c1").unwrap(), None);
-        // After restart seq 1 went to another message: still not a match.
-        store.append(&msg(&chat, 1, "other"), true).unwrap();
-        assert_eq!(store.dedupe(&chat, "ann", "c1").unwrap(), None);
-        // The retry stores it and the key now points at it.
-        store.append(&msg(&chat, 2, "c1"), true).unwrap();
-        assert_eq!(
-            store.dedupe(&chat, "ann", "c1").unwrap().map(|m| m.seq),
-            Some(2)
-        );
+        assert_eq!(send(&store, &chat, 1, "c1"), None);
+        assert_eq!(send(&store, &chat, 2, "c1"), Some(1));
+        // (user, client_id) is unambiguous: "an" + "nc1" is another key.
+        assert!(store.claim(&chat, "an", "nc1", 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_dedupe_key_left_without_its_message_is_claimed_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let chat = Uuid::new_v4();
+        // As a crash between the two writes leaves it: the key, no message.
+        assert!(store.claim(&chat, "ann", "c1", 1).unwrap().is_none());
+        // After restart seq 1 goes to another message...
+        assert_eq!(send(&store, &chat, 1, "other"), None);
+        // ...and the retry of c1 is stored anew, once.
+        assert_eq!(send(&store, &chat, 2, "c1"), None);
+        assert_eq!(send(&store, &chat, 3, "c1"), Some(2));
     }
 
     #[test]
