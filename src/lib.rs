@@ -2,6 +2,7 @@
 //!
 //! # Module map
 //! - [`pb`]: the generated protobuf messages and tonic service (the wire).
+//! - [`codec`]: prost with INVALID_ARGUMENT for undecodable requests.
 //! - [`grpc`]: the gRPC handlers; they convert, call [`chat`], convert back,
 //!   and map [`error::Error`] to a gRPC status in one place.
 //! - [`chat`]: the chat logic: validation, idempotency, seq allocation, group
@@ -15,6 +16,7 @@
 //! the listener and calls [`run`]; tests call [`run`] directly.
 
 pub mod chat;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod grpc;
