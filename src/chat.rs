@@ -733,3 +733,144 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::{prelude::*, test_runner::TestRunner};
+
+    /// A runtime, the data dir, the chat logic and its committer (which
+    /// stops when dropped, so the caller keeps it).
+    fn open(limits: Limits) -> (tokio::runtime::Runtime, tempfile::TempDir, Chats, Committer) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (chats, committer) = rt.block_on(async { Chats::start(store, limits) });
+        (rt, dir, chats, committer)
+    }
+
+    fn stored(chats: &Chats, chat: &str) -> usize {
+        chats
+            .history(chat, 0, None, None)
+            .map_or(0, |p| p.messages.len())
+    }
+
+    /// Fuzz: any draft is either stored (and then it was valid) or refused
+    /// with a client error that changed nothing; never a panic, never
+    /// accepted garbage. `PROPTEST_CASES` sets how many cases.
+    #[test]
+    fn any_draft_is_stored_when_valid_and_refused_cleanly_when_not() {
+        let limits = Limits {
+            max_message_bytes: 64,
+            max_id_bytes: 8,
+            max_members: 4,
+            history_page: 1000,
+            stream_buffer: 4,
+        };
+        let (rt, _dir, chats, _committer) = open(limits.clone());
+        let open_chat = rt.block_on(chats.new_chat(vec![])).unwrap().to_string();
+        let members = vec!["ann".to_string(), "bob".to_string()];
+        let member_chat = rt
+            .block_on(chats.new_chat(members.clone()))
+            .unwrap()
+            .to_string();
+        let ids = prop_oneof![
+            Just("ann".to_string()),
+            Just("bob".to_string()),
+            Just("eve".to_string()),
+            ".{0,10}"
+        ];
+        let inputs = (0..4usize, ids.clone(), ids, ".{0,40}", ".{0,70}", ".{0,40}");
+        let mut runner = TestRunner::new(ProptestConfig::default());
+        runner
+            .run(
+                &inputs,
+                |(which, user_id, client_id, subject, text, junk)| {
+                    let chat_id = match which {
+                        0 => open_chat.clone(),
+                        1 => member_chat.clone(),
+                        2 => Uuid::new_v4().to_string(),
+                        _ => junk,
+                    };
+                    let before = stored(&chats, &chat_id);
+                    let draft = Draft {
+                        client_id: client_id.clone(),
+                        chat_id: chat_id.clone(),
+                        user_id: user_id.clone(),
+                        subject: subject.clone(),
+                        text: text.clone(),
+                    };
+                    let result = rt.block_on(chats.send(draft));
+                    let after = stored(&chats, &chat_id);
+                    match result {
+                        Ok(m) => {
+                            prop_assert!(which < 2, "stored in a chat that does not exist");
+                            prop_assert!(!user_id.is_empty() && user_id.len() <= 8);
+                            prop_assert!(!text.is_empty() && subject.len() + text.len() <= 64);
+                            prop_assert!(client_id.len() <= 8);
+                            prop_assert!(
+                                which == 0 || members.contains(&user_id),
+                                "non-member stored"
+                            );
+                            prop_assert_eq!(
+                                (&m.text, &m.subject, &m.user_id),
+                                (&text, &subject, &user_id)
+                            );
+                            prop_assert!(
+                                after == before + 1 || (after == before && !client_id.is_empty())
+                            );
+                            prop_assert!(m.seq as usize <= after);
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(after, before, "a refused send changed nothing");
+                            prop_assert!(
+                                !matches!(e, Error::Store(_) | Error::Unavailable(_)),
+                                "client input is a client error: {}",
+                                e
+                            );
+                            prop_assert!(e.to_string().starts_with("chat."), "{}", e);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    /// Fuzz: New with any user ids gives a chat or a clear refusal.
+    #[test]
+    fn any_new_is_a_chat_or_a_clear_refusal() {
+        let limits = Limits {
+            max_id_bytes: 8,
+            max_members: 4,
+            ..Limits::default()
+        };
+        let (rt, _dir, chats, _committer) = open(limits);
+        let mut runner = TestRunner::new(ProptestConfig::default());
+        runner
+            .run(&proptest::collection::vec(".{0,10}", 0..6), |user_ids| {
+                let valid =
+                    user_ids.len() <= 4 && user_ids.iter().all(|u| !u.is_empty() && u.len() <= 8);
+                match rt.block_on(chats.new_chat(user_ids.clone())) {
+                    Ok(chat) => {
+                        prop_assert!(valid);
+                        if !user_ids.is_empty() {
+                            let mut reversed = user_ids.clone();
+                            reversed.reverse();
+                            prop_assert_eq!(rt.block_on(chats.new_chat(reversed)).unwrap(), chat);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(!valid);
+                        prop_assert!(
+                            matches!(e, Error::Invalid(..) | Error::TooLarge(..)),
+                            "{}",
+                            e
+                        );
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -387,4 +387,41 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
     }
+
+    /// Fuzz: whatever bytes end up under the store's keys (a corrupt or
+    /// foreign data dir), reading them is an error or a value, never a panic.
+    /// `PROPTEST_CASES` sets how many cases (default 256).
+    #[test]
+    fn decoding_any_stored_bytes_never_panics() {
+        use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut runner = TestRunner::new(ProptestConfig::default());
+        let inputs = (vec(any::<u8>(), 0..300), vec(any::<u8>(), 0..12));
+        runner
+            .run(&inputs, |(value, tail)| {
+                let chat = Uuid::new_v4();
+                let db = &store.db;
+                db.insert(message_key(&chat, 1), value.clone()).unwrap();
+                db.insert(chat_key(&chat), value.clone()).unwrap();
+                // Keys of odd lengths under the chat's prefixes.
+                let mut odd = message_prefix(&chat).to_vec();
+                odd.extend_from_slice(&tail);
+                db.insert(odd, value.clone()).unwrap();
+                let mut dedupe = dedupe_key(&chat, "ann", "c");
+                db.insert(&dedupe, value.clone()).unwrap();
+                dedupe.truncate(dedupe.len().min(tail.len()));
+                let _ = store.chat(&chat);
+                let _ = store.range(&chat, 0, u64::MAX, 10, false);
+                let _ = store.range(&chat, 0, u64::MAX, 10, true);
+                let _ = store.last_seq(&chat);
+                let _ = store.claim(&chat, "ann", "c", 2);
+                // What decodes re-encodes to the same value.
+                if let Ok(Some(m)) = store.message(&chat, 1) {
+                    prop_assert_eq!(Message::decode(&*m.encode_to_vec()).unwrap(), m);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

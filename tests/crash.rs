@@ -57,10 +57,20 @@ const MEMBERS: [&str; 5] = ["w0", "w1", "w2", "w3", "streamer"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill_exactly_once() {
-    let cycles: usize = std::env::var("CHAT_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed: u64 = std::env::var("CHAT_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let cycles: usize = std::env::var("CHAT_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("CHAT_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     println!("crash harness: {cycles} cycles, CHAT_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +92,11 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
         // Retry every send that was never acknowledged, with its client_id.
         let pending: Vec<Attempt> = {
             let l = ledger.lock().unwrap();
-            l.attempted.values().filter(|a| !l.acked.contains_key(&a.client_id)).cloned().collect()
+            l.attempted
+                .values()
+                .filter(|a| !l.acked.contains_key(&a.client_id))
+                .cloned()
+                .collect()
         };
         for a in pending {
             let m = send(&mut c, &a.chat, &a.user, &a.client_id, &a.text).await;
@@ -107,10 +121,21 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
                         client_id: format!("{cycle}-w{w}-{i}"),
                         text: format!("message {i} of writer {w} in cycle {cycle}"),
                     };
-                    ledger.lock().unwrap().attempted.insert(a.client_id.clone(), a.clone());
-                    match c.send(send_req(&a.chat, &a.user, &a.client_id, &a.text)).await {
+                    ledger
+                        .lock()
+                        .unwrap()
+                        .attempted
+                        .insert(a.client_id.clone(), a.clone());
+                    match c
+                        .send(send_req(&a.chat, &a.user, &a.client_id, &a.text))
+                        .await
+                    {
                         Ok(r) => {
-                            ledger.lock().unwrap().acked.insert(a.client_id, r.into_inner().message.unwrap());
+                            ledger
+                                .lock()
+                                .unwrap()
+                                .acked
+                                .insert(a.client_id, r.into_inner().message.unwrap());
                         }
                         Err(_) => return, // the server is gone
                     }
@@ -124,8 +149,11 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
                 let (tx, outbox) = mpsc::channel::<pb::Message>(64);
                 let mut req = Request::new(ReceiverStream::new(outbox));
                 req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-                req.metadata_mut().insert("user-id", "streamer".parse().unwrap());
-                let Ok(resp) = c.connect(req).await else { return };
+                req.metadata_mut()
+                    .insert("user-id", "streamer".parse().unwrap());
+                let Ok(resp) = c.connect(req).await else {
+                    return;
+                };
                 let mut rx = resp.into_inner();
                 let sender = {
                     let ledger = ledger.clone();
@@ -137,8 +165,16 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
                                 client_id: format!("{cycle}-s-{i}"),
                                 text: format!("streamed {i} in cycle {cycle}"),
                             };
-                            ledger.lock().unwrap().attempted.insert(a.client_id.clone(), a.clone());
-                            let msg = pb::Message { client_id: a.client_id, text: a.text, ..Default::default() };
+                            ledger
+                                .lock()
+                                .unwrap()
+                                .attempted
+                                .insert(a.client_id.clone(), a.clone());
+                            let msg = pb::Message {
+                                client_id: a.client_id,
+                                text: a.text,
+                                ..Default::default()
+                            };
                             if tx.send(msg).await.is_err() {
                                 return;
                             }
@@ -168,7 +204,11 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
          {retried} unacknowledged sends retried and stored exactly once; 0 anomalies",
         l.acked.len()
     );
-    assert_eq!(l.acked.len(), l.attempted.len(), "every attempted send ends up acknowledged");
+    assert_eq!(
+        l.acked.len(),
+        l.attempted.len(),
+        "every attempted send ends up acknowledged"
+    );
 }
 
 /// Checks the whole store against the ledger; returns the acknowledged
@@ -179,35 +219,67 @@ async fn verify(c: &mut Client, bin: &Binary, chats: &[String], ledger: &Ledger)
     for chat in chats {
         let stored = all_messages(c, chat).await;
         let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gap-free seq in {chat}");
+        assert_eq!(
+            seqs,
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "gap-free seq in {chat}"
+        );
         for m in &stored {
-            assert!(seen.insert(m.client_id.clone()), "client_id {} stored twice", m.client_id);
+            assert!(
+                seen.insert(m.client_id.clone()),
+                "client_id {} stored twice",
+                m.client_id
+            );
             if let Some(acked) = ledger.acked.get(&m.client_id) {
                 assert_eq!(m, acked, "stored as acknowledged");
                 checked += 1;
             } else {
-                assert!(ledger.attempted.contains_key(&m.client_id), "nothing stored that nobody sent: {m:?}");
+                assert!(
+                    ledger.attempted.contains_key(&m.client_id),
+                    "nothing stored that nobody sent: {m:?}"
+                );
             }
         }
         // Connect since-seq 0 replays exactly what History shows.
         let (_tx, outbox) = mpsc::channel::<pb::Message>(1);
         let mut req = Request::new(ReceiverStream::new(outbox));
         req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-        req.metadata_mut().insert("user-id", "streamer".parse().unwrap());
+        req.metadata_mut()
+            .insert("user-id", "streamer".parse().unwrap());
         req.metadata_mut().insert("since-seq", "0".parse().unwrap());
         let mut rx = c.connect(req).await.unwrap().into_inner();
         let mut replayed = Vec::new();
         while replayed.len() < stored.len() {
-            replayed.push(tokio::time::timeout(Duration::from_secs(10), rx.message()).await.unwrap().unwrap().unwrap());
+            replayed.push(
+                tokio::time::timeout(Duration::from_secs(10), rx.message())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap(),
+            );
         }
-        assert_eq!(replayed, stored, "Connect since-seq 0 agrees with History in {chat}");
+        assert_eq!(
+            replayed, stored,
+            "Connect since-seq 0 agrees with History in {chat}"
+        );
     }
     for (client_id, m) in &ledger.acked {
-        assert!(seen.contains(client_id), "acknowledged message lost: {m:?}\n{}", bin.log_text());
+        assert!(
+            seen.contains(client_id),
+            "acknowledged message lost: {m:?}\n{}",
+            bin.log_text()
+        );
     }
     // Chats and memberships are intact.
-    assert_eq!(new_chat(c, &MEMBERS).await, chats[0], "same members, same chat");
-    let err = c.send(send_req(&chats[0], "outsider", "x", "x")).await.unwrap_err();
+    assert_eq!(
+        new_chat(c, &MEMBERS).await,
+        chats[0],
+        "same members, same chat"
+    );
+    let err = c
+        .send(send_req(&chats[0], "outsider", "x", "x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     checked
 }
