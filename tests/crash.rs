@@ -34,7 +34,7 @@ struct Attempt {
     text: String,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Ledger {
     attempted: HashMap<String, Attempt>,
     /// client_id -> the message as acknowledged.
@@ -87,7 +87,8 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
             chats.push(new_chat(&mut c, &[]).await);
             chats.push(new_chat(&mut c, &[]).await);
         }
-        checked += verify(&mut c, &bin, &chats, &ledger.lock().unwrap()).await;
+        let snapshot = ledger.lock().unwrap().clone();
+        checked += verify(&mut c, &bin, &chats, &snapshot).await;
 
         // Retry every send that was never acknowledged, with its client_id.
         let pending: Vec<Attempt> = {
@@ -103,7 +104,8 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
             ledger.lock().unwrap().acked.insert(a.client_id.clone(), m);
             retried += 1;
         }
-        checked += verify(&mut c, &bin, &chats, &ledger.lock().unwrap()).await;
+        let snapshot = ledger.lock().unwrap().clone();
+        checked += verify(&mut c, &bin, &chats, &snapshot).await;
         if cycle == cycles {
             break;
         }
