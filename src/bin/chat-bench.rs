@@ -232,6 +232,11 @@ impl ServerProc {
         Ok(v)
     }
 
+    /// Open file descriptors of the server.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
+    }
+
     fn rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
@@ -728,6 +733,106 @@ impl Bench {
         Ok(())
     }
 
+    /// 8: soak: 1,000 open streams plus a steady Send load; server RSS over
+    /// time after warm-up, and descriptors and streams back to baseline
+    /// once the clients leave.
+    async fn scenario8(&mut self) -> Result<(), BoxError> {
+        let secs = if self.quick { 5.0 } else { 300.0 };
+        let fds_before = self.server.fds();
+        let mut c = self.client(0);
+        let chat = new_chat(&mut c).await?;
+        let channels = self.server.channels(2).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for s in 0..1000 {
+            let mut c = pb::chat_client::ChatClient::new(channels[s % 2].clone());
+            let (keep, outbox) = tokio::sync::mpsc::channel::<pb::Message>(1);
+            let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(outbox));
+            req.metadata_mut().insert("chat-id", chat.parse()?);
+            req.metadata_mut().insert("user-id", "soak".parse()?);
+            let mut rx = c.connect(req).await?.into_inner();
+            let stop = stop.clone();
+            readers.push(tokio::spawn(async move {
+                let _keep = keep;
+                while !stop.load(Relaxed) {
+                    if !matches!(rx.message().await, Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }));
+        }
+        // Senders: 8 at a time, each pausing 5 ms between sends (a steady load).
+        let mut senders = Vec::new();
+        for w in 0..8 {
+            let (mut c, chat, stop) = (self.client(w), chat.clone(), stop.clone());
+            senders.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Relaxed) {
+                    let _ = c
+                        .send(send_req(
+                            &chat,
+                            "soak",
+                            format!("{w}-{i}"),
+                            "soak message".into(),
+                        ))
+                        .await;
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                i
+            }));
+        }
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed().as_secs_f64() < secs {
+            tokio::time::sleep(Duration::from_secs_f64(secs / 10.0)).await;
+            samples.push(self.server.rss_kib());
+        }
+        stop.store(true, Relaxed);
+        let mut sent = 0;
+        for s in senders {
+            sent += s.await?;
+        }
+        for r in &readers {
+            r.abort();
+        }
+        drop(readers);
+        drop(channels);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let fds_after = self.server.fds();
+        // After warm-up (the first sample), memory is flat if the last
+        // sample is within 10% of the warm-up one.
+        let warm = samples.first().copied().unwrap_or(0) as f64;
+        let last = samples.last().copied().unwrap_or(0) as f64;
+        let growth = (last - warm) / warm.max(1.0) * 100.0;
+        let mut r = row(
+            8,
+            format!("soak {secs:.0} s, 1000 streams + Send"),
+            "RSS growth after warm-up",
+            growth,
+            "%",
+        );
+        r.target = Some((
+            "flat (< 10%), fds back".into(),
+            growth < 10.0 && fds_after <= fds_before + 2,
+        ));
+        r.extra.insert("messages_sent", sent as f64);
+        r.extra.insert("fds_before", fds_before as f64);
+        r.extra.insert("fds_after", fds_after as f64);
+        r.extra.insert("rss_warm_kib", warm);
+        r.extra.insert("rss_last_kib", last);
+        r.extra.insert(
+            "rss_max_kib",
+            samples.iter().copied().max().unwrap_or(0) as f64,
+        );
+        self.report.add(r);
+        println!(
+            "    RSS samples (KiB, every {:.1} s): {samples:?}; fds {fds_before} -> {fds_after}",
+            secs / 10.0
+        );
+        Ok(())
+    }
+
     /// 7: a retry storm: 64 clients send the same client_ids.
     async fn scenario7(&mut self) -> Result<(), BoxError> {
         let ceiling = self.unary64().await;
@@ -1016,13 +1121,14 @@ fn main() -> Result<(), BoxError> {
         ) -> std::pin::Pin<
             Box<dyn Future<Output = Result<(), BoxError>> + 'a>,
         >;
-        let scenarios: [(u32, Scenario); 6] = [
+        let scenarios: [(u32, Scenario); 7] = [
             (1, |b| Box::pin(b.scenario1())),
             (2, |b| Box::pin(b.scenario2())),
             (3, |b| Box::pin(b.scenario3())),
             (4, |b| Box::pin(b.scenario4())),
             (5, |b| Box::pin(b.scenario5())),
             (7, |b| Box::pin(b.scenario7())),
+            (8, |b| Box::pin(b.scenario8())),
         ];
         for (n, run) in scenarios {
             if wanted(n) {
