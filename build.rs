@@ -2,6 +2,7 @@
 //! needed) and generates the prost messages and tonic service code from it.
 //! The encoded descriptor set is written to `$OUT_DIR/chat_descriptor.bin` for
 //! server reflection; it keeps the source comments so `grpcurl describe` shows them.
+//! pbjson-build generates the serde code (`chat.serde.rs`) for HTTP/JSON.
 
 use std::{env, fs, path::PathBuf};
 
@@ -11,7 +12,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["chat.proto"], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out_dir.join("chat_descriptor.bin"), fds.encode_to_vec())?;
+    let descriptor = fds.encode_to_vec();
+    fs::write(out_dir.join("chat_descriptor.bin"), &descriptor)?;
+    // serde for the HTTP/JSON interface: proto3 JSON, proto field names on
+    // output (as the original service's examples), either name on input.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor)?
+        .preserve_proto_field_names()
+        .build(&[".chat"])?;
 
     // The client is generated separately: tonic names client methods after
     // the RPCs, and `New` would collide with the client's `new(inner)`

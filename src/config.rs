@@ -63,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Browser origins allowed to call the HTTP/JSON and gRPC-Web interface
+    /// (CORS), comma-separated, e.g. `https://app.example.com`; `*` for any.
+    /// Default: none.
+    #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Address to serve Prometheus metrics on, at /metrics (off when unset).
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -33,6 +33,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// What to fix, without the id.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Invalid(_, d)
+            | Error::TooLarge(_, d)
+            | Error::NotFound(_, d)
+            | Error::PermissionDenied(_, d)
+            | Error::AlreadyExists(_, d)
+            | Error::Unavailable(d) => d.clone(),
+            Error::Store(e) => e.to_string(),
+        }
+    }
+
     /// The stable error id, for `google.rpc.ErrorInfo.reason` and the HTTP error body.
     pub fn id(&self) -> &'static str {
         match self {

@@ -243,7 +243,7 @@ enum Event {
 /// Counts and logs one finished RPC: one line, at debug when OK or when the
 /// client went away, info for a refused request, error for a server failure.
 /// Never logs message text.
-fn finished(
+pub(crate) fn finished(
     metrics: &Metrics,
     method: &'static str,
     chat_id: &str,
@@ -279,6 +279,18 @@ fn metadata(md: &MetadataMap, key: &'static str) -> Result<String, Error> {
     }
 }
 
+/// The gRPC code of a domain error (also the label HTTP calls are counted under).
+pub(crate) fn code_of(e: &Error) -> Code {
+    match e {
+        Error::Invalid(..) | Error::TooLarge(..) => Code::InvalidArgument,
+        Error::NotFound(..) => Code::NotFound,
+        Error::PermissionDenied(..) => Code::PermissionDenied,
+        Error::AlreadyExists(..) => Code::AlreadyExists,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Store(_) => Code::Internal,
+    }
+}
+
 /// The canonical name of a gRPC code, as in the gRPC spec.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -302,7 +314,7 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-fn draft(msg: pb::Message) -> Draft {
+pub(crate) fn draft(msg: pb::Message) -> Draft {
     Draft {
         client_id: msg.client_id,
         chat_id: msg.chat_id,
@@ -312,7 +324,7 @@ fn draft(msg: pb::Message) -> Draft {
     }
 }
 
-fn to_wire(msg: &store::Message) -> pb::Message {
+pub(crate) fn to_wire(msg: &store::Message) -> pb::Message {
     pb::Message {
         id: msg.id.clone(),
         client_id: msg.client_id.clone(),
@@ -330,14 +342,7 @@ fn to_wire(msg: &store::Message) -> pb::Message {
 /// the error id, so generated clients can branch without parsing text.
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        let code = match &e {
-            Error::Invalid(..) | Error::TooLarge(..) => Code::InvalidArgument,
-            Error::NotFound(..) => Code::NotFound,
-            Error::PermissionDenied(..) => Code::PermissionDenied,
-            Error::AlreadyExists(..) => Code::AlreadyExists,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::Store(_) => Code::Internal,
-        };
+        let code = code_of(&e);
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed in the store");
         }

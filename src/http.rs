@@ -1,0 +1,376 @@
+//! The original service's HTTP/JSON interface, for browsers and anything
+//! that cannot speak gRPC: `POST /chat/Chat/{New,History,Send}` with proto3
+//! JSON bodies, and Connect as a WebSocket at `GET /chat/Chat/Connect`.
+//! Same port and same [`Chats`] calls as gRPC: no rule lives here, only
+//! conversion, and the one mapping of [`Error`] to an HTTP error body.
+
+use std::time::Instant;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{
+        ws::{
+            rejection::WebSocketUpgradeRejection, CloseFrame, Message as WsMessage, WebSocket,
+            WebSocketUpgrade,
+        },
+        Query, State,
+    },
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    chat::{Chats, Draft, Subscription},
+    error::Error,
+    grpc, pb,
+};
+
+#[derive(Clone)]
+struct Http {
+    chats: Chats,
+    /// Largest request body accepted.
+    max_body: usize,
+}
+
+/// The HTTP/JSON routes, to be merged with the gRPC ones.
+pub fn router(chats: Chats, max_body: usize) -> Router {
+    Router::new()
+        .route("/chat/Chat/New", post(new))
+        .route("/chat/Chat/History", post(history))
+        .route("/chat/Chat/Send", post(send))
+        .route("/chat/Chat/Connect", get(connect))
+        .with_state(Http { chats, max_body })
+}
+
+/// Any other path: a JSON 404 for HTTP callers, UNIMPLEMENTED for gRPC ones.
+pub async fn fallback(headers: HeaderMap) -> Response {
+    let is_grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented("no such method").into_http();
+    }
+    error_body(StatusCode::NOT_FOUND, "chat.NotFound", "no such endpoint; see README (POST /chat/Chat/New, /History, /Send; GET /chat/Chat/Connect)")
+}
+
+async fn new(State(http): State<Http>, headers: HeaderMap, body: Body) -> Response {
+    handle(
+        &http,
+        "New",
+        headers,
+        body,
+        |http, req: pb::NewRequest| async move {
+            let chat = http.chats.new_chat(req.user_ids).await?;
+            Ok(pb::NewResponse {
+                chat_id: chat.to_string(),
+            })
+        },
+    )
+    .await
+}
+
+async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Response {
+    handle(
+        &http,
+        "History",
+        headers,
+        body,
+        |http, req: pb::HistoryRequest| async move {
+            let page =
+                http.chats
+                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
+            Ok(pb::HistoryResponse {
+                messages: page.messages.iter().map(grpc::to_wire).collect(),
+                has_more: page.has_more,
+            })
+        },
+    )
+    .await
+}
+
+async fn send(State(http): State<Http>, headers: HeaderMap, body: Body) -> Response {
+    handle(
+        &http,
+        "Send",
+        headers,
+        body,
+        |http, req: pb::SendRequest| async move {
+            let msg = http
+                .chats
+                .send(Draft {
+                    client_id: req.client_id,
+                    chat_id: req.chat_id,
+                    user_id: req.user_id,
+                    subject: req.subject,
+                    text: req.text,
+                })
+                .await?;
+            Ok(pb::SendResponse {
+                message: Some(grpc::to_wire(&msg)),
+            })
+        },
+    )
+    .await
+}
+
+/// Checks the content type and size, parses the JSON body, calls, and
+/// answers JSON; counts and logs the call like its gRPC twin.
+async fn handle<Req, Resp, F, Fut>(
+    http: &Http,
+    method: &'static str,
+    headers: HeaderMap,
+    body: Body,
+    call: F,
+) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: serde::Serialize,
+    F: FnOnce(Http, Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, Error>>,
+{
+    let started = Instant::now();
+    let result = async {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !json {
+            return Err(Error::Invalid(
+                "chat.UnsupportedMediaType",
+                "send the body as JSON with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes: Bytes = axum::body::to_bytes(body, http.max_body)
+            .await
+            .map_err(|_| {
+                Error::TooLarge(
+                    "chat.TooLarge",
+                    format!(
+                        "the request body is over the limit of {} bytes",
+                        http.max_body
+                    ),
+                )
+            })?;
+        let req: Req = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Invalid(
+                "chat.InvalidJSON",
+                format!("the body is not a valid {method} request: {e}"),
+            )
+        })?;
+        call(http.clone(), req).await
+    }
+    .await;
+    let code = result
+        .as_ref()
+        .err()
+        .map_or(tonic::Code::Ok, |e| grpc::code_of(e));
+    grpc::finished(
+        http.chats.metrics(),
+        method,
+        "",
+        code,
+        started.elapsed(),
+        None,
+    );
+    match result {
+        Ok(resp) => match serde_json::to_vec(&resp) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => error_response(&Error::Unavailable(format!(
+                "cannot encode the response: {e}"
+            ))),
+        },
+        Err(Error::Invalid("chat.UnsupportedMediaType", detail)) => error_body(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "chat.UnsupportedMediaType",
+            &detail,
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Query of `GET /chat/Chat/Connect`.
+#[derive(serde::Deserialize)]
+struct ConnectQuery {
+    #[serde(default, alias = "chatId")]
+    chat_id: String,
+    #[serde(default, alias = "userId")]
+    user_id: String,
+    #[serde(default, alias = "sinceSeq")]
+    since_seq: Option<String>,
+}
+
+/// Connect over WebSocket: refused with an HTTP error before the upgrade,
+/// like the gRPC stream; then JSON text frames both ways, with the same
+/// semantics (echo, catch-up, bounded memory, ended at shutdown).
+async fn connect(
+    State(http): State<Http>,
+    Query(q): Query<ConnectQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let since = match q.since_seq.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return error_response(&Error::Invalid(
+                    "chat.Connect.InvalidSinceSeq",
+                    format!("since_seq must be a seq number (0 or more), not {s:?}"),
+                ))
+            }
+        },
+    };
+    let sub = match http.chats.subscribe(&q.chat_id, &q.user_id, since) {
+        Ok(sub) => sub,
+        Err(e) => return error_response(&e),
+    };
+    let Ok(ws) = ws else {
+        return error_body(
+            StatusCode::UPGRADE_REQUIRED,
+            "chat.Connect.NotWebSocket",
+            "connect with a WebSocket client",
+        );
+    };
+    let metrics = http.chats.metrics().clone();
+    ws.on_upgrade(move |socket| async move {
+        let started = Instant::now();
+        let code = pump(socket, sub).await;
+        grpc::finished(
+            &metrics,
+            "Connect",
+            &q.chat_id,
+            code,
+            started.elapsed(),
+            None,
+        );
+    })
+}
+
+/// Runs one WebSocket until either side ends it; returns how it ended.
+async fn pump(mut socket: WebSocket, mut sub: Subscription) -> tonic::Code {
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let sent = match serde_json::from_str::<pb::Message>(&text) {
+                        Ok(msg) => sub.send(grpc::draft(msg)).await.map(|_| ()),
+                        Err(e) => Err(Error::Invalid("chat.InvalidJSON", format!("a frame is not a valid Message: {e}"))),
+                    };
+                    if let Err(e) = sent {
+                        close(&mut socket, &e).await;
+                        return grpc::code_of(&e);
+                    }
+                }
+                Some(Ok(WsMessage::Binary(_))) => {
+                    let e = Error::Invalid("chat.Connect.BinaryFrame", "send messages as JSON text frames".into());
+                    close(&mut socket, &e).await;
+                    return grpc::code_of(&e);
+                }
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return tonic::Code::Ok,
+                Some(Ok(_)) => {} // ping/pong: answered by the library
+            },
+            batch = sub.next_batch() => match batch {
+                Ok(batch) => {
+                    for msg in batch {
+                        let json = serde_json::to_string(&grpc::to_wire(&msg)).unwrap_or_default();
+                        if socket.send(WsMessage::Text(json.into())).await.is_err() {
+                            return tonic::Code::Cancelled;
+                        }
+                    }
+                }
+                Err(e) => {
+                    close(&mut socket, &e).await;
+                    return grpc::code_of(&e);
+                }
+            },
+        }
+    }
+}
+
+/// Ends a WebSocket with a close frame whose reason is the JSON error body
+/// (trimmed to fit a close frame). 1008 for a bad message, 1012 (service
+/// restart) at shutdown, 1011 for a server failure.
+async fn close(socket: &mut WebSocket, e: &Error) {
+    let code = match e {
+        Error::Unavailable(_) => 1012,
+        Error::Store(_) => 1011,
+        _ => 1008,
+    };
+    let mut reason = serde_json::json!({"id": e.id(), "detail": e.detail()}).to_string();
+    // A close reason is at most 123 bytes.
+    while reason.len() > 123 {
+        reason = serde_json::json!({"id": e.id()}).to_string();
+    }
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// CORS for the configured browser origins (`*`: any).
+///
+/// # Errors
+/// An origin that is not a valid header value.
+pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                o.trim()
+                    .parse()
+                    .map_err(|_| format!("{o:?} is not an origin"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers(Any)
+        .expose_headers([
+            "grpc-status".parse().unwrap_or(header::CONTENT_TYPE),
+            "grpc-message".parse().unwrap_or(header::CONTENT_TYPE),
+        ]))
+}
+
+/// The one mapping of a domain error to the original service's JSON error
+/// shape and HTTP status.
+fn error_response(e: &Error) -> Response {
+    let status = match e {
+        Error::Invalid(..) => StatusCode::BAD_REQUEST,
+        Error::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::NotFound(..) => StatusCode::NOT_FOUND,
+        Error::PermissionDenied(..) => StatusCode::FORBIDDEN,
+        Error::AlreadyExists(..) => StatusCode::CONFLICT,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_body(status, e.id(), &e.detail())
+}
+
+fn error_body(status: StatusCode, id: &str, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "id": id,
+        "code": status.as_u16(),
+        "detail": detail,
+        "status": status.canonical_reason().unwrap_or(""),
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
