@@ -171,7 +171,7 @@ where
     let code = result
         .as_ref()
         .err()
-        .map_or(tonic::Code::Ok, |e| grpc::code_of(e));
+        .map_or(tonic::Code::Ok, grpc::code_of);
     grpc::finished(
         http.chats.metrics(),
         method,
