@@ -168,10 +168,7 @@ where
         call(http.clone(), req).await
     }
     .await;
-    let code = result
-        .as_ref()
-        .err()
-        .map_or(tonic::Code::Ok, grpc::code_of);
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, grpc::code_of);
     grpc::finished(
         http.chats.metrics(),
         method,

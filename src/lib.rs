@@ -172,7 +172,9 @@ impl Server {
             .add_service(web.layer(service))
             .into_axum_router();
         let mut app = grpc_routes
-            .merge(http::router(chats.clone(), config.max_decoding_bytes()))
+            // JSON is bigger than protobuf for the same message (names,
+            // escapes): room for a full-size message in any spelling.
+            .merge(http::router(chats.clone(), 4 * config.max_decoding_bytes()))
             .fallback(http::fallback);
         if !config.cors_origins.is_empty() {
             app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);

@@ -1,0 +1,460 @@
+//! The HTTP/JSON interface and Connect over WebSocket, with a real HTTP
+//! client (reqwest) and a real WebSocket client (tokio-tungstenite),
+//! against the real server on the gRPC port.
+
+mod common;
+
+use std::time::Duration;
+
+use chat::{pb, Config};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message as Ws};
+use tonic::Request;
+
+async fn post(server: &TestServer, method: &str, body: Value) -> (u16, Value) {
+    post_raw(server, method, "application/json", body.to_string()).await
+}
+
+async fn post_raw(
+    server: &TestServer,
+    method: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/chat/Chat/{method}", server.addr))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+    )
+}
+
+fn assert_http_error(got: &(u16, Value), code: u16, id: &str, status: &str) {
+    assert_eq!(got.0, code, "{got:?}");
+    assert_eq!(got.1["id"], id, "{got:?}");
+    assert_eq!(got.1["code"], code, "{got:?}");
+    assert_eq!(got.1["status"], status, "{got:?}");
+    assert!(
+        got.1["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_json_calls_work_with_proto_or_camel_case_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    // As the original docs: New with {} and with user_ids.
+    let (code, open) = post(&server, "New", json!({})).await;
+    assert_eq!(code, 200);
+    assert!(open["chat_id"].as_str().is_some());
+    let (_, a) = post(&server, "New", json!({"user_ids": ["ann", "bob"]})).await;
+    let (_, b) = post(&server, "New", json!({"userIds": ["bob", "ann"]})).await;
+    assert_eq!(
+        a["chat_id"], b["chat_id"],
+        "same set, same chat, either spelling"
+    );
+    let chat = a["chat_id"].as_str().unwrap();
+
+    let (code, sent) = post(
+        &server,
+        "Send",
+        json!({"chat_id": chat, "client_id": "c1", "subject": "s", "text": "hello", "user_id": "ann"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    // Proto field names on output; 64-bit integers as strings (proto3 JSON).
+    assert_eq!(sent["message"]["seq"], "1");
+    assert_eq!(sent["message"]["client_id"], "c1");
+    assert_eq!(sent["message"]["chat_id"], chat);
+    let (_, again) = post(
+        &server,
+        "Send",
+        json!({"chatId": chat, "clientId": "c1", "subject": "s", "text": "hello", "userId": "ann"}),
+    )
+    .await;
+    assert_eq!(again, sent, "camelCase retry is the same idempotent send");
+
+    let (code, history) = post(&server, "History", json!({"chat_id": chat})).await;
+    assert_eq!(code, 200);
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(history["messages"][0], sent["message"]);
+    let (_, page) = post(
+        &server,
+        "History",
+        json!({"chatId": chat, "afterSeq": "0", "limit": 1}),
+    )
+    .await;
+    assert_eq!(page["messages"][0]["seq"], "1");
+    // The same message is visible over gRPC.
+    let mut c = server.client().await;
+    assert_eq!(all_messages(&mut c, chat).await[0].text, "hello");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_the_original_json_shape_and_status_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_, chat) = post(&server, "New", json!({"user_ids": ["ann", "bob"]})).await;
+    let chat = chat["chat_id"].as_str().unwrap().to_owned();
+    post(
+        &server,
+        "Send",
+        json!({"chat_id": chat, "user_id": "ann", "client_id": "k", "text": "first"}),
+    )
+    .await;
+
+    let missing_text = post(&server, "Send", json!({"chat_id": chat, "user_id": "ann"})).await;
+    assert_http_error(&missing_text, 400, "chat.Send.MissingText", "Bad Request");
+    assert_eq!(missing_text.1["detail"], "text is required");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_http_error(
+        &post(
+            &server,
+            "Send",
+            json!({"chat_id": unknown, "user_id": "ann", "text": "x"}),
+        )
+        .await,
+        404,
+        "chat.Send.InvalidChatID",
+        "Not Found",
+    );
+    assert_http_error(
+        &post(&server, "History", json!({"chat_id": unknown})).await,
+        404,
+        "chat.History.InvalidChatID",
+        "Not Found",
+    );
+    assert_http_error(
+        &post(
+            &server,
+            "Send",
+            json!({"chat_id": chat, "user_id": "eve", "text": "x"}),
+        )
+        .await,
+        403,
+        "chat.Send.NotAMember",
+        "Forbidden",
+    );
+    assert_http_error(
+        &post(
+            &server,
+            "Send",
+            json!({"chat_id": chat, "user_id": "ann", "client_id": "k", "text": "changed"}),
+        )
+        .await,
+        409,
+        "chat.Send.ClientIDReused",
+        "Conflict",
+    );
+    let big = "x".repeat(70 * 1024);
+    assert_http_error(
+        &post(
+            &server,
+            "Send",
+            json!({"chat_id": chat, "user_id": "ann", "text": big}),
+        )
+        .await,
+        413,
+        "chat.Send.TooLarge",
+        "Payload Too Large",
+    );
+    let huge = "x".repeat(1024 * 1024);
+    assert_http_error(
+        &post(
+            &server,
+            "Send",
+            json!({"chat_id": chat, "user_id": "ann", "text": huge}),
+        )
+        .await,
+        413,
+        "chat.TooLarge",
+        "Payload Too Large",
+    );
+    assert_http_error(
+        &post_raw(&server, "Send", "application/json", "{\"chat_id\": ".into()).await,
+        400,
+        "chat.InvalidJSON",
+        "Bad Request",
+    );
+    assert_http_error(
+        &post_raw(
+            &server,
+            "Send",
+            "application/json",
+            "{\"seq\": \"x\", \"text\": 5}".into(),
+        )
+        .await,
+        400,
+        "chat.InvalidJSON",
+        "Bad Request",
+    );
+    assert_http_error(
+        &post_raw(&server, "Send", "text/plain", "{}".into()).await,
+        415,
+        "chat.UnsupportedMediaType",
+        "Unsupported Media Type",
+    );
+    assert_http_error(
+        &post(&server, "Delete", json!({})).await,
+        404,
+        "chat.NotFound",
+        "Not Found",
+    );
+
+    let (_, history) = post(&server, "History", json!({"chat_id": chat})).await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        1,
+        "nothing refused was stored"
+    );
+    server.stop().await;
+}
+
+fn ws_url(server: &TestServer, query: &str) -> String {
+    format!("ws://{}/chat/Chat/Connect?{query}", server.addr)
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_next(ws: &mut WsStream) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s");
+        match frame.expect("open").unwrap() {
+            Ws::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Ws::Ping(_) | Ws::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_user_and_a_websocket_user_see_each_others_messages_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &["ann", "bob"]).await;
+
+    // bob on WebSocket, ann on gRPC Connect.
+    let (mut bob, _) =
+        tokio_tungstenite::connect_async(ws_url(&server, &format!("chat_id={chat}&user_id=bob")))
+            .await
+            .unwrap();
+    let (tx, outbox) = mpsc::channel::<pb::Message>(8);
+    let mut req = Request::new(ReceiverStream::new(outbox));
+    req.metadata_mut().insert("chat-id", chat.parse().unwrap());
+    req.metadata_mut().insert("user-id", "ann".parse().unwrap());
+    let mut ann = c.connect(req).await.unwrap().into_inner();
+
+    for i in 0..5 {
+        tx.send(pb::Message {
+            client_id: format!("a{i}"),
+            text: format!("ann {i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        bob.send(Ws::Text(
+            json!({"client_id": format!("b{i}"), "text": format!("bob {i}")})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut on_ws = Vec::new();
+    for _ in 0..10 {
+        on_ws.push(ws_next(&mut bob).await);
+    }
+    let mut on_grpc = Vec::new();
+    for _ in 0..10 {
+        on_grpc.push(ann.message().await.unwrap().unwrap());
+    }
+    let ws_seqs: Vec<u64> = on_ws
+        .iter()
+        .map(|m| m["seq"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ws_seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(on_grpc.iter().map(|m| m.seq).collect::<Vec<_>>(), ws_seqs);
+    for (w, g) in on_ws.iter().zip(&on_grpc) {
+        assert_eq!(
+            (
+                w["client_id"].as_str().unwrap(),
+                w["text"].as_str().unwrap()
+            ),
+            (g.client_id.as_str(), g.text.as_str())
+        );
+    }
+    // Each sees both users' messages, its own included.
+    assert_eq!(on_grpc.iter().filter(|m| m.user_id == "bob").count(), 5);
+    assert_eq!(on_ws.iter().filter(|m| m["user_id"] == "ann").count(), 5);
+    let extra = tokio::time::timeout(Duration::from_millis(200), bob.next()).await;
+    assert!(extra.is_err(), "exactly once: {extra:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_since_seq_replays_then_goes_live_and_bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &["ann", "bob"]).await;
+    for i in 1..=3 {
+        send(&mut c, &chat, "ann", &i.to_string(), "old").await;
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(
+        &server,
+        &format!("chatId={chat}&userId=bob&since_seq=1"),
+    ))
+    .await
+    .unwrap();
+    send(&mut c, &chat, "ann", "4", "new").await;
+    let seqs: Vec<String> = [
+        ws_next(&mut ws).await,
+        ws_next(&mut ws).await,
+        ws_next(&mut ws).await,
+    ]
+    .iter()
+    .map(|m| m["seq"].as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(seqs, ["2", "3", "4"]);
+
+    // An invalid message closes the socket with 1008 and the error as reason.
+    ws.send(Ws::Text(json!({"client_id": "x"}).to_string().into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Ws::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Policy);
+            assert!(frame.reason.contains("chat.Send.MissingText"), "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    // Refusals come as HTTP errors before the upgrade.
+    for (query, status) in [
+        (format!("chat_id={chat}&user_id=eve"), 403),
+        (format!("chat_id={}&user_id=bob", uuid::Uuid::new_v4()), 404),
+        (format!("chat_id={chat}"), 400),
+        (format!("chat_id={chat}&user_id=bob&since_seq=-1"), 400),
+    ] {
+        let err = tokio_tungstenite::connect_async(ws_url(&server, &query))
+            .await
+            .unwrap_err();
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status().as_u16(), status, "{query}")
+            }
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_websockets_with_a_close_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(ws_url(&server, &format!("chat_id={chat}&user_id=bob")))
+            .await
+            .unwrap();
+    send(&mut c, &chat, "ann", "1", "hi").await;
+    assert_eq!(ws_next(&mut ws).await["text"], "hi");
+    let stopping = tokio::spawn(server.stop());
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Ws::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Restart);
+            assert!(frame.reason.contains("chat.Unavailable"), "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_unary_calls_work_over_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let req = prost::Message::encode_to_vec(&pb::NewRequest {
+        user_ids: vec!["ann".into()],
+    });
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(req.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&req);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/chat.Chat/New", server.addr))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body[0], 0, "a data frame first");
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let new: pb::NewResponse = prost::Message::decode(&body[5..5 + len]).unwrap();
+    assert!(uuid::Uuid::parse_str(&new.chat_id).is_ok());
+    let trailers = String::from_utf8_lossy(&body[5 + len + 5..]).to_lowercase();
+    assert_eq!(body[5 + len], 0x80, "then the trailers frame");
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_only_the_configured_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(dir.path());
+    config.cors_origins = vec!["http://app.example".into()];
+    let server = TestServer::start_with(config).await;
+    let preflight = |addr: std::net::SocketAddr, origin: &'static str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://{addr}/chat/Chat/Send"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight(server.addr, "http://app.example").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let other = preflight(server.addr, "http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    server.stop().await;
+
+    // Default: no CORS headers at all.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let resp = preflight(server.addr, "http://app.example").await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    server.stop().await;
+}
