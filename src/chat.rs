@@ -336,14 +336,15 @@ impl Chats {
                 "set before_seq or after_seq, not both",
             )),
             (None, Some(after)) => {
-                let messages =
-                    store.range(&chat.id, after.saturating_add(1), durable, limit, false)?;
+                let messages = store.range(&chat.id, after.saturating_add(1), durable, limit)?;
                 let has_more = messages.last().is_some_and(|m| m.seq < durable);
                 Ok(Page { messages, has_more })
             }
             (before, None) => {
+                // Seqs are gap-free 1..=durable, so the page's first seq is known.
                 let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
-                let messages = store.range(&chat.id, 1, last, limit, true)?;
+                let first = last.saturating_sub(limit as u64 - 1).max(1);
+                let messages = store.range(&chat.id, first, last, limit)?;
                 let has_more = messages.first().is_some_and(|m| m.seq > 1);
                 Ok(Page { messages, has_more })
             }
@@ -684,7 +685,7 @@ impl Subscription {
             .chats
             .shared
             .store
-            .range(&self.chat.id, self.next, last, want, false)?
+            .range(&self.chat.id, self.next, last, want)?
             .into_iter()
             .map(Arc::new)
             .collect())

@@ -81,7 +81,7 @@ impl pb::chat_server::Chat for ChatService {
                 self.chats
                     .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
             Ok(pb::HistoryResponse {
-                messages: page.messages.iter().map(to_wire).collect(),
+                messages: page_to_wire(page.messages),
                 has_more: page.has_more,
             })
         })
@@ -322,6 +322,28 @@ pub(crate) fn draft(msg: pb::Message) -> Draft {
         subject: msg.subject,
         text: msg.text,
     }
+}
+
+/// A History page on the wire: moves the strings, and formats the chat id
+/// once for the page (every message of a page is of one chat).
+pub(crate) fn page_to_wire(messages: Vec<store::Message>) -> Vec<pb::Message> {
+    let chat_id = messages
+        .first()
+        .map(|m| m.chat_id().to_string())
+        .unwrap_or_default();
+    messages
+        .into_iter()
+        .map(|m| pb::Message {
+            id: m.id,
+            client_id: m.client_id,
+            chat_id: chat_id.clone(),
+            user_id: m.user_id,
+            sent_at: m.sent_at,
+            subject: m.subject,
+            text: m.text,
+            seq: m.seq,
+        })
+        .collect()
 }
 
 pub(crate) fn to_wire(msg: &store::Message) -> pb::Message {

@@ -84,7 +84,7 @@ async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
                 http.chats
                     .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
             Ok(pb::HistoryResponse {
-                messages: page.messages.iter().map(grpc::to_wire).collect(),
+                messages: grpc::page_to_wire(page.messages),
                 has_more: page.has_more,
             })
         },

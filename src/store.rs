@@ -201,37 +201,23 @@ impl Store {
         Ok(())
     }
 
-    /// Messages with `first <= seq <= last`, oldest first, at most `limit`;
-    /// with `newest_first`, the newest `limit` of them, still returned oldest first.
-    pub fn range(
-        &self,
-        chat: &Uuid,
-        first: u64,
-        last: u64,
-        limit: usize,
-        newest_first: bool,
-    ) -> Result<Vec<Message>> {
-        if first > last || limit == 0 {
-            return Ok(Vec::new());
+    /// Messages with `first <= seq <= last`, oldest first, at most `limit`.
+    /// Seqs are gap-free, so this is point lookups of known keys: in sled
+    /// 0.34 that is cheaper than its range iterator, which copies a tree
+    /// node per step (measured with chat-bench scenario 4).
+    pub fn range(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
+        let mut page = Vec::new();
+        let mut seq = first;
+        while seq <= last && page.len() < limit {
+            let key = message_key(chat, seq);
+            match self.db.get(key)? {
+                Some(v) => page.push(decode(&key, &v)?),
+                // Past the end (or a hole that a crash left): stop here.
+                None => break,
+            }
+            seq += 1;
         }
-        let iter = self
-            .db
-            .range(message_key(chat, first)..=message_key(chat, last));
-        let decode_entry = |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<Message> {
-            let (k, v) = entry?;
-            decode(&k, &v)
-        };
-        if newest_first {
-            let mut page = iter
-                .rev()
-                .take(limit)
-                .map(decode_entry)
-                .collect::<Result<Vec<_>>>()?;
-            page.reverse();
-            Ok(page)
-        } else {
-            iter.take(limit).map(decode_entry).collect()
-        }
+        Ok(page)
     }
 }
 
@@ -324,18 +310,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        // Seqs across a byte boundary prove big-endian ordering.
-        for seq in [1, 2, 255, 256, 257] {
+        // Past 255 and 256: big-endian keys keep numeric order, so the
+        // last key under the chat's prefix is its last seq.
+        for seq in 1..=300 {
             store.append(&msg(&a, seq, "")).unwrap();
-            store.append(&msg(&b, seq, "")).unwrap();
+            if seq <= 10 {
+                store.append(&msg(&b, seq, "")).unwrap();
+            }
         }
         let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(
-            seqs(store.range(&a, 1, u64::MAX, 100, false).unwrap()),
-            [1, 2, 255, 256, 257]
+            seqs(store.range(&a, 254, 258, 100).unwrap()),
+            [254, 255, 256, 257, 258]
         );
-        assert_eq!(seqs(store.range(&a, 1, 256, 2, true).unwrap()), [255, 256]);
-        assert_eq!(store.last_seq(&a).unwrap(), 257);
+        assert_eq!(
+            seqs(store.range(&a, 299, u64::MAX, 100).unwrap()),
+            [299, 300]
+        );
+        assert_eq!(seqs(store.range(&a, 1, 300, 3).unwrap()), [1, 2, 3]);
+        assert_eq!(
+            seqs(store.range(&b, 9, 20, 100).unwrap()),
+            [9, 10],
+            "no other chat's messages"
+        );
+        assert_eq!(store.last_seq(&a).unwrap(), 300);
+        assert_eq!(store.last_seq(&b).unwrap(), 10);
         assert_eq!(store.last_seq(&Uuid::new_v4()).unwrap(), 0);
     }
 
@@ -412,8 +411,7 @@ mod tests {
                 db.insert(&dedupe, value.clone()).unwrap();
                 dedupe.truncate(dedupe.len().min(tail.len()));
                 let _ = store.chat(&chat);
-                let _ = store.range(&chat, 0, u64::MAX, 10, false);
-                let _ = store.range(&chat, 0, u64::MAX, 10, true);
+                let _ = store.range(&chat, 0, u64::MAX, 10);
                 let _ = store.last_seq(&chat);
                 let _ = store.claim(&chat, "ann", "c", 2);
                 // What decodes re-encodes to the same value.
