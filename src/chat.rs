@@ -4,13 +4,16 @@
 //!
 //! # How a message travels
 //! 1. [`Chats::send`] validates it and takes the chat's append lock (a std
-//!    mutex, never held across an `.await`). Under the lock: the idempotency
-//!    check, seq = last + 1, and one atomic sled batch (message + idempotency
-//!    key). So no duplicate and no gap, whatever the concurrency.
+//!    mutex, never held across an `.await`). Under the lock: seq = last + 1,
+//!    the idempotency key claimed for it (one compare-and-swap, which also
+//!    finds a retry), then the message written. So no duplicate and no gap,
+//!    whatever the concurrency (and a crash between the two writes is safe:
+//!    see the store's docs).
 //! 2. Still under the lock it queues itself on the committer, so the queue is
 //!    in seq order per chat, then waits.
 //! 3. The committer task flushes sled once for everything queued (group
-//!    commit: concurrent sends share one fsync), then, in queue order, raises
+//!    commit: concurrent sends share one fsync; it first yields so that
+//!    requests ready to run can join the group), then, in queue order, raises
 //!    each chat's durable seq, puts the message in the chat's recent ring,
 //!    and answers the waiting senders.
 //! 4. Readers (History, [`Subscription`]) only ever see seqs up to the
@@ -745,7 +748,7 @@ mod tests {
     fn open(limits: Limits) -> (tokio::runtime::Runtime, tempfile::TempDir, Chats, Committer) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
         let (chats, committer) = rt.block_on(async { Chats::start(store, limits) });
         (rt, dir, chats, committer)
     }

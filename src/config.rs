@@ -22,6 +22,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data")]
     pub data_dir: PathBuf,
 
+    /// Memory for the store's page cache, in MiB (the rest stays on disk).
+    #[arg(long, env = "CHAT_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+
     /// Largest subject + text of one message, in bytes.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,

@@ -95,16 +95,7 @@ impl pb::chat_server::Chat for ChatService {
         let req = request.into_inner();
         let chat_id = req.chat_id.clone();
         self.observe("Send", &chat_id, async {
-            let msg = self
-                .chats
-                .send(Draft {
-                    client_id: req.client_id,
-                    chat_id: req.chat_id,
-                    user_id: req.user_id,
-                    subject: req.subject,
-                    text: req.text,
-                })
-                .await?;
+            let msg = self.chats.send(req.into()).await?;
             Ok(pb::SendResponse {
                 message: Some(to_wire(&msg)),
             })
@@ -311,6 +302,18 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<pb::SendRequest> for Draft {
+    fn from(req: pb::SendRequest) -> Draft {
+        Draft {
+            client_id: req.client_id,
+            chat_id: req.chat_id,
+            user_id: req.user_id,
+            subject: req.subject,
+            text: req.text,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::{
     body::{Body, Bytes},
     extract::{
+        rejection::QueryRejection,
         ws::{
             rejection::WebSocketUpgradeRejection, CloseFrame, Message as WsMessage, WebSocket,
             WebSocketUpgrade,
@@ -23,7 +24,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    chat::{Chats, Draft, Subscription},
+    chat::{Chats, Subscription},
     error::Error,
     grpc, pb,
 };
@@ -99,16 +100,7 @@ async fn send(State(http): State<Http>, headers: HeaderMap, body: Body) -> Respo
         headers,
         body,
         |http, req: pb::SendRequest| async move {
-            let msg = http
-                .chats
-                .send(Draft {
-                    client_id: req.client_id,
-                    chat_id: req.chat_id,
-                    user_id: req.user_id,
-                    subject: req.subject,
-                    text: req.text,
-                })
-                .await?;
+            let msg = http.chats.send(req.into()).await?;
             Ok(pb::SendResponse {
                 message: Some(grpc::to_wire(&msg)),
             })
@@ -209,9 +201,15 @@ struct ConnectQuery {
 /// semantics (echo, catch-up, bounded memory, ended at shutdown).
 async fn connect(
     State(http): State<Http>,
-    Query(q): Query<ConnectQuery>,
+    query: Result<Query<ConnectQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let Ok(Query(q)) = query else {
+        return error_response(&Error::Invalid(
+            "chat.Connect.InvalidQuery",
+            "the query must be chat_id=…&user_id=…[&since_seq=N]".into(),
+        ));
+    };
     let since = match q.since_seq.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(s) => match s.parse::<u64>() {

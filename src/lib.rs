@@ -94,10 +94,13 @@ impl Server {
     /// When the data dir cannot be opened (locked by another server, not a
     /// sled database, corrupt), or the metrics address cannot be bound.
     pub fn open(config: Config) -> Result<Server, RunError> {
-        let store = store::Store::open(&config.data_dir).map_err(|source| RunError::Open {
-            dir: config.data_dir.clone(),
-            source,
-        })?;
+        let store =
+            store::Store::open(&config.data_dir, config.cache_mb << 20).map_err(|source| {
+                RunError::Open {
+                    dir: config.data_dir.clone(),
+                    source,
+                }
+            })?;
         let metrics_listener = config
             .metrics_listen
             .map(|addr| {

@@ -102,13 +102,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with at most `cache_bytes`
+    /// of sled's page cache in memory.
     ///
     /// # Errors
     /// When sled cannot open the directory: another process holds it, it is
     /// not a sled database, or it is corrupt.
-    pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new().path(dir).open()?;
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         Ok(Store { db })
     }
 
@@ -308,7 +312,7 @@ mod tests {
     #[test]
     fn one_chats_messages_are_a_contiguous_range_in_seq_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         // Past 255 and 256: big-endian keys keep numeric order, so the
         // last key under the chat's prefix is its last seq.
@@ -350,7 +354,7 @@ mod tests {
     #[test]
     fn a_claimed_key_returns_its_message() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
         let chat = Uuid::new_v4();
         assert_eq!(send(&store, &chat, 1, "c1"), None);
         assert_eq!(send(&store, &chat, 2, "c1"), Some(1));
@@ -361,7 +365,7 @@ mod tests {
     #[test]
     fn a_dedupe_key_left_without_its_message_is_claimed_anew() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
         let chat = Uuid::new_v4();
         // As a crash between the two writes leaves it: the key, no message.
         assert!(store.claim(&chat, "ann", "c1", 1).unwrap().is_none());
@@ -375,7 +379,7 @@ mod tests {
     #[test]
     fn a_corrupt_value_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
         let chat = Uuid::new_v4();
         store
             .db
@@ -394,7 +398,7 @@ mod tests {
     fn decoding_any_stored_bytes_never_panics() {
         use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
         let mut runner = TestRunner::new(ProptestConfig::default());
         let inputs = (vec(any::<u8>(), 0..300), vec(any::<u8>(), 0..12));
         runner

@@ -7,8 +7,7 @@ use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 use chat::pb;
 use common::*;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 /// An open Connect call: `tx` sends on it (drop it to half-close), `rx` receives.
 struct Stream {
@@ -22,18 +21,7 @@ async fn open(
     user: &str,
     since: Option<&str>,
 ) -> Result<Stream, Status> {
-    let (tx, outbox) = mpsc::channel(16);
-    let mut req = Request::new(ReceiverStream::new(outbox));
-    let md = req.metadata_mut();
-    if !chat.is_empty() {
-        md.insert("chat-id", chat.parse().unwrap());
-    }
-    if !user.is_empty() {
-        md.insert("user-id", user.parse().unwrap());
-    }
-    if let Some(since) = since {
-        md.insert("since-seq", since.parse().unwrap());
-    }
+    let (tx, req) = connect_request(chat, user, since);
     let rx = client.connect(req).await?.into_inner();
     Ok(Stream { tx, rx })
 }

@@ -21,9 +21,7 @@ use std::{
 
 use chat::pb;
 use common::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request};
+use tonic::Code;
 
 /// A send as a writer made it: enough to retry it and to check it.
 #[derive(Clone, Debug)]
@@ -148,11 +146,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
             let mut c = bin.client().await;
             let (ledger, chat) = (ledger.clone(), chats[0].clone());
             writers.push(tokio::spawn(async move {
-                let (tx, outbox) = mpsc::channel::<pb::Message>(64);
-                let mut req = Request::new(ReceiverStream::new(outbox));
-                req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-                req.metadata_mut()
-                    .insert("user-id", "streamer".parse().unwrap());
+                let (tx, req) = connect_request(&chat, "streamer", None);
                 let Ok(resp) = c.connect(req).await else {
                     return;
                 };
@@ -243,12 +237,7 @@ async fn verify(c: &mut Client, bin: &Binary, chats: &[String], ledger: &Ledger)
             }
         }
         // Connect since-seq 0 replays exactly what History shows.
-        let (_tx, outbox) = mpsc::channel::<pb::Message>(1);
-        let mut req = Request::new(ReceiverStream::new(outbox));
-        req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-        req.metadata_mut()
-            .insert("user-id", "streamer".parse().unwrap());
-        req.metadata_mut().insert("since-seq", "0".parse().unwrap());
+        let (_tx, req) = connect_request(chat, "streamer", Some("0"));
         let mut rx = c.connect(req).await.unwrap().into_inner();
         let mut replayed = Vec::new();
         while replayed.len() < stored.len() {

@@ -7,8 +7,6 @@ use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use chat::pb;
 use common::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{codegen::http::uri::PathAndQuery, Code, Request};
 
 /// SendRequest's fields as raw bytes, so a test can send what a real
@@ -138,9 +136,7 @@ async fn connect_metadata_that_is_not_text_is_refused() {
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client().await;
     let chat = new_chat(&mut c, &[]).await;
-    let (_tx, outbox) = mpsc::channel::<pb::Message>(1);
-    let mut req = Request::new(ReceiverStream::new(outbox));
-    req.metadata_mut().insert("chat-id", chat.parse().unwrap());
+    let (_tx, mut req) = connect_request(&chat, "", None);
     let binary = tonic::metadata::MetadataValue::try_from(&[b'a', 0xff][..]).unwrap();
     req.metadata_mut().insert("user-id", binary);
     let err = c.connect(req).await.unwrap_err();
@@ -158,12 +154,7 @@ async fn a_thousand_streams_opened_and_abandoned_are_all_freed() {
     let mut abandoned = Vec::new();
     for i in 0..1000 {
         let mut client = pb::chat_client::ChatClient::new(channels[i % 2].clone());
-        let (tx, outbox) = mpsc::channel::<pb::Message>(1);
-        let mut req = Request::new(ReceiverStream::new(outbox));
-        req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-        req.metadata_mut()
-            .insert("user-id", "ghost".parse().unwrap());
-        req.metadata_mut().insert("since-seq", "0".parse().unwrap());
+        let (tx, req) = connect_request(&chat, "ghost", Some("0"));
         abandoned.push((tx, client.connect(req).await.unwrap()));
     }
     assert_eq!(server.chats.metrics().streams_open.load(Relaxed), 1000);

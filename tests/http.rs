@@ -10,10 +10,7 @@ use chat::{pb, Config};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message as Ws};
-use tonic::Request;
 
 async fn post(server: &TestServer, method: &str, body: Value) -> (u16, Value) {
     post_raw(server, method, "application/json", body.to_string()).await
@@ -255,10 +252,7 @@ async fn a_grpc_user_and_a_websocket_user_see_each_others_messages_once_in_order
         tokio_tungstenite::connect_async(ws_url(&server, &format!("chat_id={chat}&user_id=bob")))
             .await
             .unwrap();
-    let (tx, outbox) = mpsc::channel::<pb::Message>(8);
-    let mut req = Request::new(ReceiverStream::new(outbox));
-    req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-    req.metadata_mut().insert("user-id", "ann".parse().unwrap());
+    let (tx, req) = connect_request(&chat, "ann", None);
     let mut ann = c.connect(req).await.unwrap().into_inner();
 
     for i in 0..5 {

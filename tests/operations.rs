@@ -10,9 +10,7 @@ use std::{
 
 use chat::pb;
 use common::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
@@ -44,11 +42,7 @@ async fn sigterm_drains_calls_ends_streams_with_unavailable_exits_0_and_loses_no
     assert_eq!(first.status, ServingStatus::Serving as i32);
 
     // An open Connect stream.
-    let (_keep_open, outbox) = mpsc::channel::<pb::Message>(1);
-    let mut req = Request::new(ReceiverStream::new(outbox));
-    req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-    req.metadata_mut()
-        .insert("user-id", "watcher".parse().unwrap());
+    let (_keep_open, req) = connect_request(&chat, "watcher", None);
     let mut stream = c.connect(req).await.unwrap().into_inner();
 
     // Writers sending as fast as they can, each on its own connection.
@@ -205,10 +199,7 @@ async fn metrics_endpoint_counts_rpcs_streams_messages_and_replays() {
 
     let mut c = bin.client().await;
     let chat = new_chat(&mut c, &[]).await;
-    let (_keep_open, outbox) = mpsc::channel::<pb::Message>(1);
-    let mut req = Request::new(ReceiverStream::new(outbox));
-    req.metadata_mut().insert("chat-id", chat.parse().unwrap());
-    req.metadata_mut().insert("user-id", "ann".parse().unwrap());
+    let (_keep_open, req) = connect_request(&chat, "ann", None);
     let _stream = c.connect(req).await.unwrap();
     for i in 0..3 {
         send(&mut c, &chat, "ann", &i.to_string(), "m").await;

@@ -46,11 +46,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        channel_to(self.addr).await
     }
 
     /// Graceful stop; returns once the store is flushed and closed.
@@ -58,6 +54,39 @@ impl TestServer {
         self.stop.take().unwrap().send(()).unwrap();
         self.task.take().unwrap().await.unwrap().unwrap();
     }
+}
+
+pub async fn channel_to(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A Connect request for `chat` as `user` (with `since-seq` if given), and
+/// the sender of the messages the client sends on it (drop it to half-close).
+pub fn connect_request(
+    chat: &str,
+    user: &str,
+    since: Option<&str>,
+) -> (
+    tokio::sync::mpsc::Sender<pb::Message>,
+    tonic::Request<tokio_stream::wrappers::ReceiverStream<pb::Message>>,
+) {
+    let (tx, outbox) = tokio::sync::mpsc::channel(64);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbox));
+    let md = req.metadata_mut();
+    if !chat.is_empty() {
+        md.insert("chat-id", chat.parse().unwrap());
+    }
+    if !user.is_empty() {
+        md.insert("user-id", user.parse().unwrap());
+    }
+    if let Some(since) = since {
+        md.insert("since-seq", since.parse().unwrap());
+    }
+    (tx, req)
 }
 
 pub async fn new_chat(client: &mut Client, users: &[&str]) -> String {
@@ -209,11 +238,7 @@ impl Binary {
     }
 
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        channel_to(self.addr).await
     }
 
     pub fn signal(&self, signal: &str) {
