@@ -622,6 +622,11 @@ impl Subscription {
         }
     }
 
+    /// The chat this feed follows.
+    pub fn chat_id(&self) -> Uuid {
+        self.chat.id
+    }
+
     /// The last seq handed out (or the `since_seq` it started after).
     pub fn delivered(&self) -> u64 {
         self.next - 1

@@ -139,6 +139,7 @@ impl pb::chat_server::Chat for ChatService {
             started: Instant::now(),
             code: Code::Cancelled,
         };
+        let wire_chat_id = sub.chat_id().to_string();
         let out = async_stream::stream! {
             // After the client half-closes: the durable seq to deliver up to before ending.
             let mut end_at: Option<u64> = None;
@@ -160,7 +161,7 @@ impl pb::chat_server::Chat for ChatService {
                     Event::Inbound(Err(status)) => Some(status),
                     Event::Batch(Ok(batch)) => {
                         for msg in batch {
-                            yield Ok(to_wire(&msg));
+                            yield Ok(to_wire_in(&msg, &wire_chat_id));
                         }
                         None
                     }
@@ -350,10 +351,16 @@ pub(crate) fn page_to_wire(messages: Vec<store::Message>) -> Vec<pb::Message> {
 }
 
 pub(crate) fn to_wire(msg: &store::Message) -> pb::Message {
+    to_wire_in(msg, &msg.chat_id().to_string())
+}
+
+/// A message of the chat whose id, formatted, is `chat_id`: a live stream
+/// formats it once, not once per delivery.
+pub(crate) fn to_wire_in(msg: &store::Message, chat_id: &str) -> pb::Message {
     pb::Message {
         id: msg.id.clone(),
         client_id: msg.client_id.clone(),
-        chat_id: msg.chat_id().to_string(),
+        chat_id: chat_id.to_owned(),
         user_id: msg.user_id.clone(),
         sent_at: msg.sent_at,
         subject: msg.subject.clone(),

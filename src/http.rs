@@ -250,6 +250,7 @@ async fn connect(
 
 /// Runs one WebSocket until either side ends it; returns how it ended.
 async fn pump(mut socket: WebSocket, mut sub: Subscription) -> tonic::Code {
+    let chat_id = sub.chat_id().to_string();
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -274,7 +275,8 @@ async fn pump(mut socket: WebSocket, mut sub: Subscription) -> tonic::Code {
             batch = sub.next_batch() => match batch {
                 Ok(batch) => {
                     for msg in batch {
-                        let json = serde_json::to_string(&grpc::to_wire(&msg)).unwrap_or_default();
+                        let wire = grpc::to_wire_in(&msg, &chat_id);
+                        let json = serde_json::to_string(&wire).unwrap_or_default();
                         if socket.send(WsMessage::Text(json.into())).await.is_err() {
                             return tonic::Code::Cancelled;
                         }
