@@ -93,6 +93,12 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let req = request.into_inner();
+        // Tests only (never in a normal build): a request that panics, to
+        // prove one failing request cannot take down the server.
+        #[cfg(feature = "fault-injection")]
+        if req.text == "fault-injection: panic" {
+            panic!("injected panic");
+        }
         let chat_id = req.chat_id.clone();
         self.observe("Send", &chat_id, async {
             let msg = self.chats.send(req.into()).await?;

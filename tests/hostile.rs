@@ -213,3 +213,30 @@ async fn a_flood_of_new_calls_is_served_and_one_set_still_gets_one_chat() {
     assert_eq!(same.len(), 1, "one set, one chat");
     server.stop().await;
 }
+
+/// One request that panics (a hook compiled only with the
+/// `fault-injection` feature, which `scripts/test` enables) fails alone:
+/// the server, its other calls and its open streams carry on.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_request_fails_alone_and_the_server_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    let (_tx, req) = connect_request(&chat, "watcher", None);
+    let mut stream = c.connect(req).await.unwrap().into_inner();
+    let err = c
+        .send(send_req(&chat, "ann", "boom", "fault-injection: panic"))
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    let m = send(&mut c, &chat, "ann", "after", "still here").await;
+    assert_eq!(m.seq, 1, "the panicking request stored nothing");
+    assert_eq!(
+        stream.message().await.unwrap().unwrap(),
+        m,
+        "the open stream still works"
+    );
+    server.stop().await;
+}
