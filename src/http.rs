@@ -125,21 +125,31 @@ where
     Fut: std::future::Future<Output = Result<Resp, Error>>,
 {
     let started = Instant::now();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        let latency = started.elapsed();
+        grpc::finished(
+            http.chats.metrics(),
+            method,
+            "",
+            tonic::Code::InvalidArgument,
+            latency,
+            None,
+        );
+        return error_body(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "chat.UnsupportedMediaType",
+            "send the body as JSON with Content-Type: application/json",
+        );
+    }
     let result = async {
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim()
-                    .to_ascii_lowercase()
-                    .starts_with("application/json")
-            });
-        if !json {
-            return Err(Error::Invalid(
-                "chat.UnsupportedMediaType",
-                "send the body as JSON with Content-Type: application/json".into(),
-            ));
-        }
         let bytes: Bytes = axum::body::to_bytes(body, http.max_body)
             .await
             .map_err(|_| {
@@ -176,11 +186,6 @@ where
                 "cannot encode the response: {e}"
             ))),
         },
-        Err(Error::Invalid("chat.UnsupportedMediaType", detail)) => error_body(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "chat.UnsupportedMediaType",
-            &detail,
-        ),
         Err(e) => error_response(&e),
     }
 }
