@@ -306,8 +306,8 @@ async fn close(socket: &mut WebSocket, e: &Error) {
         _ => 1008,
     };
     let mut reason = serde_json::json!({"id": e.id(), "detail": e.detail()}).to_string();
-    // A close reason is at most 123 bytes.
-    while reason.len() > 123 {
+    // A close reason is at most 123 bytes: past that, the id alone.
+    if reason.len() > 123 {
         reason = serde_json::json!({"id": e.id()}).to_string();
     }
     let _ = socket
