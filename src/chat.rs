@@ -81,6 +81,9 @@ pub struct Page {
 /// Messages kept in memory per chat for live streams, so that a stream that
 /// keeps up never reads the store. Older ones are read from the store.
 const RECENT: usize = 256;
+/// ...and at most this many bytes of subject and text, so that large
+/// messages cannot make the window big (256 × 64 KiB would be 16 MiB a chat).
+const RECENT_BYTES: usize = 1 << 20;
 /// How many times the committer yields to let ready requests join a group
 /// before it flushes (while more keep arriving).
 const GATHER_YIELDS: usize = 4;
@@ -123,7 +126,34 @@ struct ChatState {
     /// The last seq that is durable and published. Live streams wait on it.
     durable: watch::Sender<u64>,
     /// The newest durable messages, contiguous in seq, while streams are open.
-    recent: Mutex<VecDeque<Arc<Message>>>,
+    recent: Mutex<Recent>,
+}
+
+/// The in-memory window of a chat's newest durable messages.
+#[derive(Default)]
+struct Recent {
+    messages: VecDeque<Arc<Message>>,
+    /// Subject and text bytes in `messages`.
+    bytes: usize,
+}
+
+impl Recent {
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    /// Appends, dropping the oldest past [`RECENT`] messages or [`RECENT_BYTES`].
+    fn push(&mut self, msg: Arc<Message>) {
+        self.bytes += msg.subject.len() + msg.text.len();
+        self.messages.push_back(msg);
+        while self.messages.len() > RECENT || (self.bytes > RECENT_BYTES && self.messages.len() > 1)
+        {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.subject.len() + old.text.len();
+            }
+        }
+    }
 }
 
 /// A queued request for durability: answered after the next flush.
@@ -428,7 +458,7 @@ impl Chats {
             members: record.members,
             last_seq: Mutex::new(last),
             durable: watch::Sender::new(last),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent::default()),
         });
         if live.chats.len() >= live.sweep_at {
             // Forget chats nobody holds; grow the threshold so that a map
@@ -556,17 +586,14 @@ impl ChatState {
         let seq = msg.seq;
         {
             let mut recent = lock(&self.recent);
-            let contiguous = recent.back().is_none_or(|m| m.seq + 1 == seq);
+            let contiguous = recent.messages.back().is_none_or(|m| m.seq + 1 == seq);
             if self.durable.receiver_count() == 0 || !contiguous {
                 // No stream to serve (the ring is dropped with the last
                 // stream), or a hole after a failed flush: start over.
                 recent.clear();
             }
             if self.durable.receiver_count() > 0 {
-                if recent.len() == RECENT {
-                    recent.pop_front();
-                }
-                recent.push_back(msg);
+                recent.push(msg);
             }
         }
         self.durable.send_if_modified(|durable| {
@@ -672,7 +699,7 @@ impl Subscription {
         let buffer = self.chats.shared.limits.stream_buffer as u64;
         let want = (durable - self.next + 1).min(buffer) as usize;
         {
-            let recent = lock(&self.chat.recent);
+            let recent = &lock(&self.chat.recent).messages;
             if let Some(first) = recent.front() {
                 if first.seq <= self.next {
                     let skip = (self.next - first.seq) as usize;
@@ -762,6 +789,39 @@ mod tests {
         chats
             .history(chat, 0, None, None)
             .map_or(0, |p| p.messages.len())
+    }
+
+    #[test]
+    fn the_recent_window_is_bounded_by_count_and_bytes() {
+        let msg = |seq, len| {
+            Arc::new(Message {
+                seq,
+                text: "x".repeat(len),
+                ..Message::default()
+            })
+        };
+        let mut recent = Recent::default();
+        for seq in 1..=1000 {
+            recent.push(msg(seq, 10));
+        }
+        assert_eq!(recent.messages.len(), RECENT);
+        assert_eq!(
+            recent.messages.front().map(|m| m.seq),
+            Some(1000 - RECENT as u64 + 1)
+        );
+        for seq in 1001..=1100 {
+            recent.push(msg(seq, 64 * 1024));
+        }
+        assert!(recent.bytes <= RECENT_BYTES, "{}", recent.bytes);
+        assert_eq!(
+            recent.bytes,
+            recent.messages.iter().map(|m| m.text.len()).sum::<usize>()
+        );
+        assert_eq!(
+            recent.messages.back().map(|m| m.seq),
+            Some(1100),
+            "the newest is kept"
+        );
     }
 
     /// Fuzz: any draft is either stored (and then it was valid) or refused
