@@ -186,10 +186,6 @@ impl Chats {
         (Chats { shared }, Committer { stop, task })
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
-    }
-
     /// The service's counters, shared with the wire layer.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics

@@ -125,11 +125,6 @@ impl Server {
         self.chats.clone()
     }
 
-    /// Where /metrics is served, if it is.
-    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_listener.as_ref()?.local_addr().ok()
-    }
-
     /// Serves on `listener` until `shutdown` completes. Then: health goes
     /// NOT_SERVING, the listener closes, every Connect stream ends with
     /// UNAVAILABLE, in-flight calls finish (for at most the drain timeout),

@@ -87,14 +87,6 @@ impl Metrics {
         }
     }
 
-    /// Finished RPCs of `method` with `code` so far.
-    pub fn rpc_count(&self, method: &str, code: &str) -> u64 {
-        let rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
-        rpcs.iter()
-            .find(|((m, c), _)| *m == method && *c == code)
-            .map_or(0, |(_, n)| *n)
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -14,9 +14,6 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// A DevTools protocol connection to the browser.
 struct Cdp {
     ws: WsStream,

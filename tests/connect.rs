@@ -423,13 +423,3 @@ async fn a_client_that_goes_away_frees_its_stream() {
     assert_eq!(s.next().await.seq, 1);
     server.stop().await;
 }
-
-async fn wait_until(cond: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not met within 10 s");
-}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::sync::atomic::Ordering::Relaxed;
 
 use chat::pb;
 use common::*;
@@ -163,13 +163,7 @@ async fn a_thousand_streams_opened_and_abandoned_are_all_freed() {
     }
     drop(abandoned);
     drop(channels);
-    for _ in 0..1000 {
-        if server.chats.metrics().streams_open.load(Relaxed) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(server.chats.metrics().streams_open.load(Relaxed), 0);
+    wait_until(|| server.chats.metrics().streams_open.load(Relaxed) == 0).await;
     assert_eq!(
         send(&mut c, &chat, "ann", "last", "still serving")
             .await

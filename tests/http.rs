@@ -224,9 +224,6 @@ fn ws_url(server: &TestServer, query: &str) -> String {
     format!("ws://{}/chat/Chat/Connect?{query}", server.addr)
 }
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn ws_next(ws: &mut WsStream) -> Value {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())

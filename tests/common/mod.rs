@@ -255,6 +255,21 @@ impl Binary {
     }
 }
 
+/// Waits (at most 10 s) until `cond` holds.
+pub async fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
+/// A WebSocket client connection.
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// GET `path` over HTTP/1.1 with a plain TCP socket; returns the whole response.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
