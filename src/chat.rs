@@ -1,28 +1,31 @@
-//! The chat logic: validation, idempotency, seq allocation, group commit and
-//! live fan-out. Plain Rust over [`Store`]; knows nothing of gRPC, so the
-//! gRPC handlers, the Connect stream and any other front end share one path.
+//! The chat logic: validation, idempotency, group commit and live fan-out.
+//! Plain Rust over a [`Store`], whichever backend; knows nothing of gRPC, so
+//! the gRPC handlers, the Connect stream and any other front end share one
+//! path.
 //!
 //! # How a message travels
-//! 1. [`Chats::send`] validates it and takes the chat's append lock (a std
-//!    mutex, never held across an `.await`). Under the lock: seq = last + 1,
-//!    the idempotency key claimed for it (one compare-and-swap, which also
-//!    finds a retry), then the message written. So no duplicate and no gap,
-//!    whatever the concurrency (and a crash between the two writes is safe:
-//!    see the store's docs).
-//! 2. Still under the lock it queues itself on the committer, so the queue is
-//!    in seq order per chat, then waits.
-//! 3. The committer task flushes sled once for everything queued (group
-//!    commit: concurrent sends share one fsync; it first yields so that
-//!    requests ready to run can join the group), then, in queue order, raises
-//!    each chat's durable seq, puts the message in the chat's recent ring,
-//!    and answers the waiting senders.
-//! 4. Readers (History, [`Subscription`]) only ever see seqs up to the
-//!    durable seq, so nothing a crash could lose is shown to anyone.
+//! 1. [`Chats::send`] validates it and stages it in the store
+//!    ([`Store::stage`]: sled writes it under the next seq right away; the
+//!    database backend defers everything to the commit), then queues it on
+//!    the committer and waits.
+//! 2. The committer task hands everything queued to [`Store::commit`] at
+//!    once (group commit: one sled flush, or one PostgreSQL transaction, for
+//!    many sends; it first yields so that requests ready to run can join the
+//!    group). The store answers each message: stored under a new seq, or
+//!    already stored under its idempotency key.
+//! 3. In queue order the committer publishes each new message (raises its
+//!    chat's durable seq, puts it in the chat's recent window) and answers
+//!    the waiting senders.
+//! 4. Messages committed by other replicas arrive as wake-ups from the bus
+//!    ([`Chats::follow`]): the follower reads them from the store once and
+//!    publishes them the same way.
+//! 5. Readers (History, [`Subscription`]) only see what the store reports
+//!    durable, so nothing a crash could lose is shown to anyone.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex, MutexGuard},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,7 +34,8 @@ use uuid::Uuid;
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    store::{self, ChatRecord, Message, Store},
+    model::{Append, ChatRecord, Message, Outcome},
+    store::{bus::Wake, lock, Page, Staged, Store},
 };
 
 /// Size limits, all configurable (see `Config`).
@@ -71,13 +75,6 @@ pub struct Draft {
     pub text: String,
 }
 
-/// One page of History.
-#[derive(Debug)]
-pub struct Page {
-    pub messages: Vec<Message>,
-    pub has_more: bool,
-}
-
 /// Messages kept in memory per chat for live streams, so that a stream that
 /// keeps up never reads the store. Older ones are read from the store.
 const RECENT: usize = 256;
@@ -85,10 +82,13 @@ const RECENT: usize = 256;
 /// messages cannot make the window big (256 × 64 KiB would be 16 MiB a chat).
 const RECENT_BYTES: usize = 1 << 20;
 /// How many times the committer yields to let ready requests join a group
-/// before it flushes (while more keep arriving).
+/// before it commits (while more keep arriving).
 const GATHER_YIELDS: usize = 4;
 /// Idle chat states are swept from memory once there are this many.
 const SWEEP_AT: usize = 4096;
+/// How often followed chats are compared with the store, in case a wake-up
+/// from another replica was lost.
+const RESYNC_EVERY: Duration = Duration::from_secs(2);
 
 /// Handle to the chat logic. Cloning is cheap (an `Arc`); every clone shares
 /// the store, the in-memory chat states and the committer.
@@ -103,11 +103,11 @@ struct Shared {
     /// In-memory state of recently used chats. At most one per chat: it is
     /// created and removed only under this lock.
     live: Mutex<Live>,
-    /// Serializes New for member sets, so that one set gets one chat.
-    new_lock: Mutex<()>,
     commits: mpsc::UnboundedSender<Commit>,
     /// Set to true when live streams must end (shutdown).
     closing: watch::Sender<bool>,
+    /// Whether the store answers (readiness); kept by [`Chats::watch_store`].
+    ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 }
 
@@ -121,9 +121,7 @@ struct ChatState {
     id: Uuid,
     /// Sorted; empty for an open chat.
     members: Vec<String>,
-    /// The append lock, guarding the last seq written to sled (durable or not).
-    last_seq: Mutex<u64>,
-    /// The last seq that is durable and published. Live streams wait on it.
+    /// The last seq known durable and published. Live streams wait on it.
     durable: watch::Sender<u64>,
     /// The newest durable messages, contiguous in seq, while streams are open.
     recent: Mutex<Recent>,
@@ -156,11 +154,12 @@ impl Recent {
     }
 }
 
-/// A queued request for durability: answered after the next flush.
+/// A queued request for durability: answered after the next commit.
 struct Commit {
-    done: oneshot::Sender<Result<(), String>>,
-    /// A newly written message to publish once durable (none for a retry).
-    publish: Option<(Arc<ChatState>, Arc<Message>)>,
+    /// A message to commit and its chat; none for a barrier (New on a
+    /// backend whose writes become durable with the next commit).
+    staged: Option<(Staged, Arc<ChatState>)>,
+    done: oneshot::Sender<Result<Option<Outcome>, String>>,
 }
 
 impl Chats {
@@ -170,7 +169,6 @@ impl Chats {
         let (commits, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         let metrics = Arc::new(Metrics::default());
-        let task = tokio::spawn(commit_loop(store.clone(), rx, stopped, metrics.clone()));
         let shared = Arc::new(Shared {
             store,
             limits,
@@ -178,11 +176,17 @@ impl Chats {
                 chats: HashMap::new(),
                 sweep_at: SWEEP_AT,
             }),
-            new_lock: Mutex::new(()),
             commits,
             closing: watch::Sender::new(false),
+            ready: watch::Sender::new(true),
             metrics,
         });
+        let task = tokio::spawn(commit_loop(
+            shared.store.clone(),
+            rx,
+            stopped,
+            shared.metrics.clone(),
+        ));
         (Chats { shared }, Committer { stop, task })
     }
 
@@ -218,26 +222,14 @@ impl Chats {
             members,
             created_at: now(),
         };
-        let store = &self.shared.store;
-        let chat = if record.members.is_empty() {
-            let chat = Uuid::new_v4();
-            store.insert_chat(&chat, &record, None)?;
-            chat
-        } else {
-            let key = store::members_key(&record.members);
-            let _one_at_a_time = lock(&self.shared.new_lock);
-            match store.chat_for_members(&key)? {
-                Some(chat) => chat,
-                None => {
-                    let chat = Uuid::new_v4();
-                    store.insert_chat(&chat, &record, Some(&key))?;
-                    chat
-                }
-            }
-        };
+        let chat = self
+            .shared
+            .store
+            .create_chat(Uuid::new_v4(), &record)
+            .await?;
         // Also for an existing chat: it may have been created a moment ago
-        // by a concurrent call whose flush has not finished yet.
-        self.durable(None).await?;
+        // by a concurrent call whose commit has not finished yet.
+        wait_commit(self.queue_commit(None)).await?;
         Ok(chat)
     }
 
@@ -281,66 +273,57 @@ impl Chats {
                 ),
             ));
         }
-        let chat = self.chat("chat.Send.InvalidChatID", &draft.chat_id)?;
+        let chat = self.chat("chat.Send.InvalidChatID", &draft.chat_id).await?;
         chat.check_member("chat.Send.NotAMember", &draft.user_id)?;
 
-        let store = &self.shared.store;
         let dedupe = !draft.client_id.is_empty();
-        let (msg, committed) = {
-            let mut last_seq = lock(&chat.last_seq);
-            let seq = *last_seq + 1;
-            let existing = match dedupe {
-                true => store.claim(&chat.id, &draft.user_id, &draft.client_id, seq)?,
-                false => None,
-            };
-            let (msg, publish) = match existing {
-                Some(stored) => {
-                    if stored.subject != draft.subject || stored.text != draft.text {
-                        return Err(Error::AlreadyExists(
-                            "chat.Send.ClientIDReused",
-                            format!(
-                                "client_id {:?} was already used by this user in this chat for a \
-                                 message with a different subject or text; use a new client_id",
-                                draft.client_id
-                            ),
-                        ));
-                    }
-                    self.shared.metrics.idempotent_replays.fetch_add(1, Relaxed);
-                    (Arc::new(stored), None)
-                }
-                None => {
-                    let msg = Arc::new(Message {
-                        id: Uuid::new_v4().to_string(),
-                        client_id: if dedupe {
-                            draft.client_id
-                        } else {
-                            Uuid::new_v4().to_string()
-                        },
-                        chat: chat.id.as_bytes().to_vec(),
-                        user_id: draft.user_id,
-                        sent_at: now(),
-                        subject: draft.subject,
-                        text: draft.text,
-                        seq,
-                    });
-                    store.append(&msg)?;
-                    *last_seq = msg.seq;
-                    (msg.clone(), Some((chat.clone(), msg)))
-                }
-            };
-            // Queue while still holding the append lock: the committer then
-            // sees each chat's messages in seq order.
-            (msg, self.queue_commit(publish))
+        let append = Append {
+            message: Message {
+                id: Uuid::new_v4().to_string(),
+                client_id: if dedupe {
+                    draft.client_id
+                } else {
+                    Uuid::new_v4().to_string()
+                },
+                chat: chat.id,
+                user_id: draft.user_id,
+                sent_at: now(),
+                subject: draft.subject,
+                text: draft.text,
+                seq: 0,
+            },
+            dedupe,
         };
-        wait_commit(committed).await?;
-        Ok(msg)
+        let staged = self.shared.store.stage(append.clone())?;
+        let outcome = wait_commit(self.queue_commit(Some((staged, chat)))).await?;
+        match outcome {
+            Some(Outcome::Stored(msg)) => Ok(Arc::new(msg)),
+            Some(Outcome::Existing(stored)) => {
+                let asked = &append.message;
+                if stored.subject != asked.subject || stored.text != asked.text {
+                    return Err(Error::AlreadyExists(
+                        "chat.Send.ClientIDReused",
+                        format!(
+                            "client_id {:?} was already used by this user in this chat for a \
+                             message with a different subject or text; use a new client_id",
+                            asked.client_id
+                        ),
+                    ));
+                }
+                self.shared.metrics.idempotent_replays.fetch_add(1, Relaxed);
+                Ok(Arc::new(stored))
+            }
+            None => Err(Error::Unavailable(
+                "the message was not committed; retry with the same client_id".into(),
+            )),
+        }
     }
 
     /// One page of a chat's history (see `History` in the proto).
     ///
     /// # Errors
     /// `Invalid` for a missing chat id or both cursors, `NotFound`, `Store`.
-    pub fn history(
+    pub async fn history(
         &self,
         chat_id: &str,
         limit: u32,
@@ -350,34 +333,24 @@ impl Chats {
         if chat_id.is_empty() {
             return Err(invalid("chat.History.MissingChatID", "chat_id is required"));
         }
-        let chat = self.chat("chat.History.InvalidChatID", chat_id)?;
+        let chat = self.chat("chat.History.InvalidChatID", chat_id).await?;
+        if before_seq.is_some() && after_seq.is_some() {
+            return Err(invalid(
+                "chat.History.InvalidCursor",
+                "set before_seq or after_seq, not both",
+            ));
+        }
         let page = self.shared.limits.history_page;
         let limit = if limit == 0 || limit > page {
             page
         } else {
             limit
         } as usize;
-        let durable = *chat.durable.borrow();
-        let store = &self.shared.store;
-        match (before_seq, after_seq) {
-            (Some(_), Some(_)) => Err(invalid(
-                "chat.History.InvalidCursor",
-                "set before_seq or after_seq, not both",
-            )),
-            (None, Some(after)) => {
-                let messages = store.range(&chat.id, after.saturating_add(1), durable, limit)?;
-                let has_more = messages.last().is_some_and(|m| m.seq < durable);
-                Ok(Page { messages, has_more })
-            }
-            (before, None) => {
-                // Seqs are gap-free 1..=durable, so the page's first seq is known.
-                let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
-                let first = last.saturating_sub(limit as u64 - 1).max(1);
-                let messages = store.range(&chat.id, first, last, limit)?;
-                let has_more = messages.first().is_some_and(|m| m.seq > 1);
-                Ok(Page { messages, has_more })
-            }
-        }
+        Ok(self
+            .shared
+            .store
+            .page(&chat.id, before_seq, after_seq, limit)
+            .await?)
     }
 
     /// Opens a live feed of a chat for `user_id`: every durable message with
@@ -385,7 +358,7 @@ impl Chats {
     ///
     /// # Errors
     /// `Invalid` for missing ids, `NotFound`, `PermissionDenied`, `Store`.
-    pub fn subscribe(
+    pub async fn subscribe(
         &self,
         chat_id: &str,
         user_id: &str,
@@ -403,11 +376,13 @@ impl Chats {
                 "the user-id metadata is required",
             ));
         }
-        let chat = self.chat("chat.Connect.InvalidChatID", chat_id)?;
+        let chat = self.chat("chat.Connect.InvalidChatID", chat_id).await?;
         chat.check_member("chat.Connect.NotAMember", user_id)?;
         // Subscribe before reading the durable seq: whatever is published
         // after this point is seen by `durable`, so nothing falls in between.
         let durable = chat.durable.subscribe();
+        // Another replica may have committed more than this one has heard of.
+        chat.advance(self.shared.store.last_seq(&chat.id).await?);
         let next = since_seq.unwrap_or(*durable.borrow()).saturating_add(1);
         self.shared.metrics.streams_open.fetch_add(1, Relaxed);
         Ok(Subscription {
@@ -425,6 +400,11 @@ impl Chats {
         self.shared.closing.subscribe()
     }
 
+    /// Whether the store answers: readiness for `chat.Chat`.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.shared.ready.subscribe()
+    }
+
     /// Ends every live subscription with `Unavailable` (shutdown), and any
     /// opened from now on.
     pub fn close_streams(&self) {
@@ -432,7 +412,7 @@ impl Chats {
     }
 
     /// The in-memory state of a chat, loaded from the store on first use.
-    fn chat(&self, error_id: &'static str, chat_id: &str) -> Result<Arc<ChatState>> {
+    async fn chat(&self, error_id: &'static str, chat_id: &str) -> Result<Arc<ChatState>> {
         let not_found = || {
             Error::NotFound(
                 error_id,
@@ -440,19 +420,20 @@ impl Chats {
             )
         };
         let id = Uuid::try_parse(chat_id).map_err(|_| not_found())?;
-        let mut live = lock(&self.shared.live);
-        if let Some(state) = live.chats.get(&id) {
+        if let Some(state) = lock(&self.shared.live).chats.get(&id) {
             return Ok(state.clone());
         }
         let store = &self.shared.store;
-        let record = store.chat(&id)?.ok_or_else(not_found)?;
-        // Nothing of this chat is in flight (an in-flight message keeps its
-        // state alive in the committer queue), so what the store holds is durable.
-        let last = store.last_seq(&id)?;
+        let record = store.chat(&id).await?.ok_or_else(not_found)?;
+        let last = store.last_seq(&id).await?;
+        let mut live = lock(&self.shared.live);
+        // Loaded meanwhile by a concurrent call: keep that one.
+        if let Some(state) = live.chats.get(&id) {
+            return Ok(state.clone());
+        }
         let state = Arc::new(ChatState {
             id,
             members: record.members,
-            last_seq: Mutex::new(last),
             durable: watch::Sender::new(last),
             recent: Mutex::new(Recent::default()),
         });
@@ -468,24 +449,79 @@ impl Chats {
 
     fn queue_commit(
         &self,
-        publish: Option<(Arc<ChatState>, Arc<Message>)>,
-    ) -> oneshot::Receiver<Result<(), String>> {
+        staged: Option<(Staged, Arc<ChatState>)>,
+    ) -> oneshot::Receiver<Result<Option<Outcome>, String>> {
         let (done, rx) = oneshot::channel();
         // A send error means the committer is gone; the dropped `done` then
         // reports it to `wait_commit`.
-        let _ = self.shared.commits.send(Commit { done, publish });
+        let _ = self.shared.commits.send(Commit { staged, done });
         rx
     }
 
-    /// Waits until everything written before this call is durable.
-    async fn durable(&self, publish: Option<(Arc<ChatState>, Arc<Message>)>) -> Result<()> {
-        wait_commit(self.queue_commit(publish)).await
+    /// Follows other replicas: reads what `wakes` announce and publishes it
+    /// to this replica's streams, and compares every followed chat with the
+    /// store on [`Wake::Resync`] and every few seconds. The returned
+    /// [`Follower`] owns the task.
+    pub fn follow(&self, wakes: mpsc::UnboundedReceiver<Wake>) -> Follower {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(follow_loop(self.clone(), wakes, stopped));
+        Follower { stop, task }
+    }
+
+    /// Keeps [`Chats::ready`] up to date by pinging the store every second,
+    /// until `closing`. Returns the task (it ends by itself at shutdown).
+    pub fn watch_store(&self) -> tokio::task::JoinHandle<()> {
+        let chats = self.clone();
+        tokio::spawn(async move {
+            let mut closing = chats.closing();
+            loop {
+                let up = chats.shared.store.ping().await;
+                chats.shared.metrics.store_up.store(up as i64, Relaxed);
+                let was = chats.shared.ready.send_replace(up);
+                if was != up {
+                    match up {
+                        true => tracing::info!("the store answers again: serving"),
+                        false => tracing::warn!("the store does not answer: NOT_SERVING for chat.Chat"),
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+            }
+        })
+    }
+
+    /// Reads what other replicas committed to `chat` up to `seq`, and publishes it.
+    async fn catch_up(&self, state: &Arc<ChatState>, seq: u64) -> Result<()> {
+        let durable = *state.durable.borrow();
+        if seq <= durable {
+            return Ok(());
+        }
+        if state.durable.receiver_count() == 0 || seq - durable > RECENT as u64 {
+            // Nobody to serve from memory, or too much for the window:
+            // streams read the store themselves.
+            state.advance(seq);
+            return Ok(());
+        }
+        let messages = self
+            .shared
+            .store
+            .read(&state.id, durable + 1, seq, RECENT)
+            .await?;
+        for msg in messages {
+            state.publish(Arc::new(msg));
+        }
+        state.advance(seq);
+        Ok(())
     }
 }
 
-async fn wait_commit(rx: oneshot::Receiver<Result<(), String>>) -> Result<()> {
+async fn wait_commit(
+    rx: oneshot::Receiver<Result<Option<Outcome>, String>>,
+) -> Result<Option<Outcome>> {
     match rx.await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) => Err(Error::Unavailable(format!(
             "the store could not make the write durable ({e}); retry with the same client_id"
         ))),
@@ -502,7 +538,7 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Answers everything already queued (after a last flush), refuses what
+    /// Answers everything already queued (after a last commit), refuses what
     /// comes later with `Unavailable`, and waits for the task to end.
     pub async fn stop(self) {
         let _ = self.stop.send(());
@@ -510,7 +546,7 @@ impl Committer {
     }
 }
 
-/// The committer: one flush for everything queued while the previous flush
+/// The committer: one commit for everything queued while the previous one
 /// ran, then publish and answer in queue order. On `stop` it closes the
 /// queue and drains it.
 async fn commit_loop(
@@ -533,8 +569,8 @@ async fn commit_loop(
         if received == 0 {
             break;
         }
-        // Let the requests that are ready to run append first, so that this
-        // flush covers them too: bigger groups, fewer fsyncs.
+        // Let the requests that are ready to run stage first, so that this
+        // commit covers them too: bigger groups, fewer fsyncs.
         for _ in 0..GATHER_YIELDS {
             tokio::task::yield_now().await;
             if rx.is_empty() {
@@ -544,18 +580,115 @@ async fn commit_loop(
                 batch.push(more);
             }
         }
-        let started = Instant::now();
-        let flushed = store.flush().await.map_err(|e| e.to_string());
-        metrics.flush_latency.observe(started.elapsed());
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "flush failed; senders are told to retry");
-        }
+        let mut states = Vec::new();
+        let mut staged = Vec::new();
+        let mut answers = Vec::with_capacity(batch.len());
         for commit in batch.drain(..) {
-            if let (Ok(()), Some((chat, msg))) = (&flushed, commit.publish) {
-                chat.publish(msg);
-                metrics.messages_stored.fetch_add(1, Relaxed);
+            let has = commit.staged.is_some();
+            if let Some((s, state)) = commit.staged {
+                staged.push(s);
+                states.push(state);
             }
-            let _ = commit.done.send(flushed.clone());
+            answers.push((has, commit.done));
+        }
+        let started = Instant::now();
+        let committed = store.commit(staged).await.map_err(|e| e.to_string());
+        metrics.flush_latency.observe(started.elapsed());
+        match committed {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter().zip(states);
+                for (has, done) in answers {
+                    let outcome = match has {
+                        true => outcomes.next().map(|(outcome, state)| {
+                            if let Outcome::Stored(msg) = &outcome {
+                                state.publish(Arc::new(msg.clone()));
+                                state.advance(msg.seq);
+                                metrics.messages_stored.fetch_add(1, Relaxed);
+                            }
+                            outcome
+                        }),
+                        false => None,
+                    };
+                    let _ = done.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; senders are told to retry");
+                for (_, done) in answers {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Owner of the follower task (see [`Chats::follow`]).
+pub struct Follower {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    /// Stops following and waits for the task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn follow_loop(
+    chats: Chats,
+    mut wakes: mpsc::UnboundedReceiver<Wake>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut timer = tokio::time::interval(RESYNC_EVERY);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut received = Vec::new();
+    loop {
+        let mut resync = false;
+        tokio::select! {
+            n = wakes.recv_many(&mut received, 4096) => if n == 0 { return },
+            _ = timer.tick() => resync = true,
+            _ = &mut stop => return,
+        }
+        // Newest seq per chat: many wake-ups for one chat cost one read.
+        let mut wanted: HashMap<Uuid, u64> = HashMap::new();
+        for wake in received.drain(..) {
+            match wake {
+                Wake::Chat(chat, seq) => {
+                    chats.shared.metrics.bus_wakeups.fetch_add(1, Relaxed);
+                    let w = wanted.entry(chat).or_default();
+                    *w = (*w).max(seq);
+                }
+                Wake::Resync => resync = true,
+            }
+        }
+        let followed: Vec<Arc<ChatState>> = {
+            let live = lock(&chats.shared.live);
+            if resync {
+                live.chats.values().cloned().collect()
+            } else {
+                wanted.keys().filter_map(|c| live.chats.get(c).cloned()).collect()
+            }
+        };
+        if resync && !followed.is_empty() {
+            let ids: Vec<Uuid> = followed.iter().map(|s| s.id).collect();
+            match chats.shared.store.last_seqs(&ids).await {
+                Ok(seqs) => {
+                    for (chat, seq) in seqs {
+                        let w = wanted.entry(chat).or_default();
+                        *w = (*w).max(seq);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot compare live chats with the store"),
+            }
+        }
+        for state in followed {
+            if let Some(&seq) = wanted.get(&state.id) {
+                if let Err(e) = chats.catch_up(&state, seq).await {
+                    tracing::warn!(error = %e, chat_id = %state.id, "cannot read new messages");
+                }
+            }
         }
     }
 }
@@ -577,21 +710,29 @@ impl ChatState {
         }
     }
 
-    /// Makes a durable message visible to readers and live streams.
+    /// Puts a durable message in the recent window, if streams are open.
+    /// Messages may come twice (this replica's commit and the bus) and out
+    /// of order (two commit paths): the window only ever holds a contiguous
+    /// run of seqs, and starts over when a message does not follow it.
     fn publish(&self, msg: Arc<Message>) {
-        let seq = msg.seq;
-        {
-            let mut recent = lock(&self.recent);
-            let contiguous = recent.messages.back().is_none_or(|m| m.seq + 1 == seq);
-            if self.durable.receiver_count() == 0 || !contiguous {
-                // No stream to serve (the ring is dropped with the last
-                // stream), or a hole after a failed flush: start over.
-                recent.clear();
-            }
-            if self.durable.receiver_count() > 0 {
-                recent.push(msg);
-            }
+        let mut recent = lock(&self.recent);
+        let back = recent.messages.back().map(|m| m.seq);
+        if back.is_some_and(|b| msg.seq <= b) {
+            return; // already there, or older than the window
         }
+        if self.durable.receiver_count() == 0 || back.is_some_and(|b| b + 1 != msg.seq) {
+            // No stream to serve (the window is dropped with the last
+            // stream), or a hole: start over.
+            recent.clear();
+        }
+        if self.durable.receiver_count() > 0 {
+            recent.push(msg);
+        }
+    }
+
+    /// Raises the durable seq (never lowers it), waking live streams. Every
+    /// seq up to it must be durable: a store commits a chat's seqs in order.
+    fn advance(&self, seq: u64) {
         self.durable.send_if_modified(|durable| {
             let newer = seq > *durable;
             if newer {
@@ -631,11 +772,13 @@ impl Subscription {
             }
             let durable = *self.durable.borrow_and_update();
             if self.next <= durable {
-                let batch = self.read(durable)?;
+                let batch = self.read(durable).await?;
                 if let Some(last) = batch.last() {
                     self.next = last.seq + 1;
+                    return Ok(batch);
                 }
-                return Ok(batch);
+                // The store could not yet return what the watermark promises
+                // (a read replica behind, say): wait for the next change.
             }
             tokio::select! {
                 // The sender lives in the chat state we hold: never closed.
@@ -690,8 +833,8 @@ impl Subscription {
     }
 
     /// Messages `self.next..=durable`, at most `stream_buffer`: from the
-    /// recent ring when it has them, else from the store.
-    fn read(&self, durable: u64) -> Result<Vec<Arc<Message>>> {
+    /// recent window when it has them, else from the store.
+    async fn read(&self, durable: u64) -> Result<Vec<Arc<Message>>> {
         let buffer = self.chats.shared.limits.stream_buffer as u64;
         let want = (durable - self.next + 1).min(buffer) as usize;
         {
@@ -716,7 +859,8 @@ impl Subscription {
             .chats
             .shared
             .store
-            .range(&self.chat.id, self.next, last, want)?
+            .read(&self.chat.id, self.next, last, want)
+            .await?
             .into_iter()
             .map(Arc::new)
             .collect())
@@ -753,13 +897,6 @@ fn check_id(error_id: &'static str, field: &str, id: &str, limits: &Limits) -> R
     Ok(())
 }
 
-/// Locks a std mutex. A poisoned lock means a panic while it was held; the
-/// data it guards is still consistent (every critical section here writes
-/// sled first and memory last), so carry on rather than fail every request.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -776,14 +913,13 @@ mod tests {
     fn open(limits: Limits) -> (tokio::runtime::Runtime, tempfile::TempDir, Chats, Committer) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let store = Store::Sled(crate::store::sled::SledStore::open(dir.path(), 64 << 20).unwrap());
         let (chats, committer) = rt.block_on(async { Chats::start(store, limits) });
         (rt, dir, chats, committer)
     }
 
-    fn stored(chats: &Chats, chat: &str) -> usize {
-        chats
-            .history(chat, 0, None, None)
+    fn stored(rt: &tokio::runtime::Runtime, chats: &Chats, chat: &str) -> usize {
+        rt.block_on(chats.history(chat, 0, None, None))
             .map_or(0, |p| p.messages.len())
     }
 
@@ -857,7 +993,7 @@ mod tests {
                         2 => Uuid::new_v4().to_string(),
                         _ => junk,
                     };
-                    let before = stored(&chats, &chat_id);
+                    let before = stored(&rt, &chats, &chat_id);
                     let draft = Draft {
                         client_id: client_id.clone(),
                         chat_id: chat_id.clone(),
@@ -866,7 +1002,7 @@ mod tests {
                         text: text.clone(),
                     };
                     let result = rt.block_on(chats.send(draft));
-                    let after = stored(&chats, &chat_id);
+                    let after = stored(&rt, &chats, &chat_id);
                     match result {
                         Ok(m) => {
                             prop_assert!(which < 2, "stored in a chat that does not exist");

@@ -3,24 +3,63 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::chat::Limits;
+use crate::{chat::Limits, store::pgconn::PgOptions};
 
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "chat",
     version,
-    about = "A gRPC chat service with an embedded sled store."
+    about = "A gRPC chat service: an embedded sled store by default, or any number of replicas on PostgreSQL."
 )]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve gRPC on.
-    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051", global = true)]
     pub listen: SocketAddr,
 
-    /// Directory of the sled store (created if missing; one server per directory).
-    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data")]
+    /// Where chats are stored: `sled` (the embedded store in --data-dir), a
+    /// directory (a sled store there), or a PostgreSQL URL
+    /// (`postgres://user@host:5432/db?sslmode=verify-full`) or libpq
+    /// `key=value` string, shared by every replica.
+    #[arg(long, env = "CHAT_STORE", default_value = "sled", hide_env_values = true, global = true)]
+    pub store: Secret,
+
+    /// A file holding the database password (used when the URL has none;
+    /// else `PGPASSWORD`).
+    #[arg(long, env = "CHAT_STORE_PASSWORD_FILE", global = true)]
+    pub store_password_file: Option<PathBuf>,
+
+    /// Directory of the sled store (created if missing; one server per
+    /// directory). Not used with a PostgreSQL store.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data", global = true)]
     pub data_dir: PathBuf,
+
+    /// Connections to PostgreSQL per replica.
+    #[arg(long, env = "CHAT_PG_POOL_SIZE", default_value_t = 16, global = true)]
+    pub pg_pool_size: usize,
+
+    /// Seconds a database statement may run (or wait for a lock, or for a
+    /// pool connection) before the call fails with UNAVAILABLE.
+    #[arg(long, env = "CHAT_PG_STATEMENT_TIMEOUT", default_value_t = 5, global = true)]
+    pub pg_statement_timeout: u64,
+
+    /// Most messages in one database transaction (group commit).
+    #[arg(long, env = "CHAT_PG_BATCH_MAX", default_value_t = 1024, global = true)]
+    pub pg_batch_max: usize,
+
+    /// Seconds startup keeps retrying an unreachable database before it gives up.
+    #[arg(long, env = "CHAT_PG_CONNECT_TIMEOUT", default_value_t = 60, global = true)]
+    pub pg_connect_timeout: u64,
+
+    /// A separate URL for the LISTEN connection that carries wake-ups
+    /// between replicas (default: the store URL). Needed behind a pooler in
+    /// transaction mode, which cannot LISTEN.
+    #[arg(long, env = "CHAT_PG_LISTEN_URL", hide_env_values = true, global = true)]
+    pub pg_listen_url: Option<Secret>,
 
     /// Memory for the store's page cache, in MiB (the rest stays on disk).
     #[arg(long, env = "CHAT_CACHE_MB", default_value_t = 256)]
@@ -78,6 +117,48 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// A setting that may hold a password (a database URL): its `Debug` hides
+/// the password, so printing a `Config` never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::store::pgconn::redact(&self.0))
+    }
+}
+
+/// What to do instead of serving.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Applies pending schema migrations to a PostgreSQL store (the server
+    /// also does this at startup).
+    Migrate {
+        /// Only report the schema version and pending migrations; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Writes every chat and message of the store to stdout as JSON lines.
+    Export,
+    /// Reads JSON lines (from `export`) from stdin into the store, keeping
+    /// every id, seq and dedupe key; what is already there is left as is.
+    Import,
+}
+
+/// The store a [`Config`] names.
+#[derive(Clone, Debug)]
+pub enum StoreSpec {
+    Sled(PathBuf),
+    Postgres(PgOptions),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -90,6 +171,41 @@ impl Config {
         let mut config = Config::parse_from(["chat"]);
         config.data_dir = data_dir.into();
         config
+    }
+
+    /// The store to open.
+    ///
+    /// # Errors
+    /// An unreadable `--store-password-file`.
+    pub fn store_spec(&self) -> Result<StoreSpec, String> {
+        let store = self.store.0.trim();
+        let is_pg = store.starts_with("postgres://")
+            || store.starts_with("postgresql://")
+            || store.contains('=');
+        if !is_pg {
+            return Ok(StoreSpec::Sled(match store {
+                "" | "sled" => self.data_dir.clone(),
+                dir => PathBuf::from(dir),
+            }));
+        }
+        let password = match &self.store_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read --store-password-file {path:?}: {e}"))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => std::env::var("PGPASSWORD").ok(),
+        };
+        Ok(StoreSpec::Postgres(PgOptions {
+            url: store.to_owned(),
+            password,
+            pool_size: self.pg_pool_size,
+            statement_timeout: Duration::from_secs(self.pg_statement_timeout.max(1)),
+            batch_max: self.pg_batch_max.max(1),
+            connect_timeout: Duration::from_secs(self.pg_connect_timeout),
+            listen_url: self.pg_listen_url.as_ref().map(|s| s.0.clone()),
+        }))
     }
 
     pub fn limits(&self) -> Limits {

@@ -1,6 +1,5 @@
-//! The one error type of the chat logic. The wire layer maps it to a gRPC
-//! status in exactly one place (`impl From<Error> for tonic::Status` in
-//! `grpc.rs`).
+//! The one error type of the chat logic, and its one table of what each
+//! variant is on every wire: gRPC code, HTTP status, WebSocket close code.
 
 use crate::store::StoreError;
 
@@ -27,8 +26,9 @@ pub enum Error {
     /// The service is shutting down: retry elsewhere or later (same client_id).
     #[error("chat.Unavailable: {0}")]
     Unavailable(String),
-    /// The store failed; the request may be retried with the same client_id.
-    #[error("chat.Store: {0}")]
+    /// The store failed or is unreachable; the request may be retried (a
+    /// Send with the same client_id, so that it is stored once).
+    #[error("chat.Store: the store is unavailable, retry ({0})")]
     Store(#[from] StoreError),
 }
 
@@ -56,6 +56,37 @@ impl Error {
             | Error::AlreadyExists(id, _) => id,
             Error::Unavailable(_) => "chat.Unavailable",
             Error::Store(_) => "chat.Store",
+        }
+    }
+}
+
+/// What an [`Error`] is on each wire.
+pub struct Wire {
+    pub grpc: tonic::Code,
+    pub http: u16,
+    /// Close code when it ends a WebSocket Connect.
+    pub ws_close: u16,
+}
+
+impl Error {
+    /// The one table: no `_` arm, so a new variant must be placed here.
+    pub fn wire(&self) -> Wire {
+        use tonic::Code;
+        let (grpc, http, ws_close) = match self {
+            Error::Invalid(..) => (Code::InvalidArgument, 400, 1008),
+            Error::TooLarge(..) => (Code::InvalidArgument, 413, 1008),
+            Error::NotFound(..) => (Code::NotFound, 404, 1008),
+            Error::PermissionDenied(..) => (Code::PermissionDenied, 403, 1008),
+            Error::AlreadyExists(..) => (Code::AlreadyExists, 409, 1008),
+            // 1012 "service restart": reconnect with since_seq.
+            Error::Unavailable(_) => (Code::Unavailable, 503, 1012),
+            // 1013 "try again later".
+            Error::Store(_) => (Code::Unavailable, 503, 1013),
+        };
+        Wire {
+            grpc,
+            http,
+            ws_close,
         }
     }
 }

@@ -17,7 +17,8 @@ use crate::{
     chat::{Chats, Draft, Subscription},
     error::Error,
     metrics::Metrics,
-    pb, store,
+    model::Message,
+    pb,
 };
 
 /// The `chat.Chat` service.
@@ -79,7 +80,8 @@ impl pb::chat_server::Chat for ChatService {
         self.observe("History", &req.chat_id, async {
             let page =
                 self.chats
-                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
+                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
+                    .await?;
             Ok(pb::HistoryResponse {
                 messages: page_to_wire(page.messages),
                 has_more: page.has_more,
@@ -121,7 +123,7 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<Streaming<pb::Message>>,
     ) -> Result<Response<ConnectStream>, Status> {
         let chat_id = metadata(request.metadata(), "chat-id").unwrap_or_default();
-        let mut sub = match self.subscribe(request.metadata()) {
+        let mut sub = match self.subscribe(request.metadata()).await {
             Ok(sub) => sub,
             Err(e) => {
                 let status = Status::from(e);
@@ -186,7 +188,7 @@ impl pb::chat_server::Chat for ChatService {
 
 impl ChatService {
     /// Opens the subscription a Connect call asks for in its metadata.
-    fn subscribe(&self, md: &MetadataMap) -> Result<Subscription, Error> {
+    async fn subscribe(&self, md: &MetadataMap) -> Result<Subscription, Error> {
         let since_seq = match metadata(md, "since-seq")? {
             s if s.is_empty() => None,
             s => Some(s.trim().parse::<u64>().map_err(|_| {
@@ -196,11 +198,13 @@ impl ChatService {
                 )
             })?),
         };
-        self.chats.subscribe(
-            &metadata(md, "chat-id")?,
-            &metadata(md, "user-id")?,
-            since_seq,
-        )
+        self.chats
+            .subscribe(
+                &metadata(md, "chat-id")?,
+                &metadata(md, "user-id")?,
+                since_seq,
+            )
+            .await
     }
 }
 
@@ -235,7 +239,7 @@ impl Drop for StreamEnd {
 
 enum Event {
     Inbound(Result<Option<pb::Message>, Status>),
-    Batch(crate::error::Result<Vec<Arc<store::Message>>>),
+    Batch(crate::error::Result<Vec<Arc<Message>>>),
 }
 
 /// Counts and logs one finished RPC: one line, at debug when OK or when the
@@ -279,14 +283,7 @@ fn metadata(md: &MetadataMap, key: &'static str) -> Result<String, Error> {
 
 /// The gRPC code of a domain error (also the label HTTP calls are counted under).
 pub(crate) fn code_of(e: &Error) -> Code {
-    match e {
-        Error::Invalid(..) | Error::TooLarge(..) => Code::InvalidArgument,
-        Error::NotFound(..) => Code::NotFound,
-        Error::PermissionDenied(..) => Code::PermissionDenied,
-        Error::AlreadyExists(..) => Code::AlreadyExists,
-        Error::Unavailable(_) => Code::Unavailable,
-        Error::Store(_) => Code::Internal,
-    }
+    e.wire().grpc
 }
 
 /// The canonical name of a gRPC code, as in the gRPC spec.
@@ -336,10 +333,10 @@ pub(crate) fn draft(msg: pb::Message) -> Draft {
 
 /// A History page on the wire: moves the strings, and formats the chat id
 /// once for the page (every message of a page is of one chat).
-pub(crate) fn page_to_wire(messages: Vec<store::Message>) -> Vec<pb::Message> {
+pub(crate) fn page_to_wire(messages: Vec<Message>) -> Vec<pb::Message> {
     let chat_id = messages
         .first()
-        .map(|m| m.chat_id().to_string())
+        .map(|m| m.chat.to_string())
         .unwrap_or_default();
     messages
         .into_iter()
@@ -356,13 +353,13 @@ pub(crate) fn page_to_wire(messages: Vec<store::Message>) -> Vec<pb::Message> {
         .collect()
 }
 
-pub(crate) fn to_wire(msg: &store::Message) -> pb::Message {
-    to_wire_in(msg, &msg.chat_id().to_string())
+pub(crate) fn to_wire(msg: &Message) -> pb::Message {
+    to_wire_in(msg, &msg.chat.to_string())
 }
 
 /// A message of the chat whose id, formatted, is `chat_id`: a live stream
 /// formats it once, not once per delivery.
-pub(crate) fn to_wire_in(msg: &store::Message, chat_id: &str) -> pb::Message {
+pub(crate) fn to_wire_in(msg: &Message, chat_id: &str) -> pb::Message {
     pb::Message {
         id: msg.id.clone(),
         client_id: msg.client_id.clone(),
@@ -381,8 +378,8 @@ pub(crate) fn to_wire_in(msg: &store::Message, chat_id: &str) -> pb::Message {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = code_of(&e);
-        if code == Code::Internal {
-            tracing::error!(error = %e, "request failed in the store");
+        if let Error::Store(cause) = &e {
+            tracing::error!(error = %cause, "request failed in the store");
         }
         Status::with_error_details(
             code,

@@ -83,7 +83,8 @@ async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
         |http, req: pb::HistoryRequest| async move {
             let page =
                 http.chats
-                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)?;
+                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
+                    .await?;
             Ok(pb::HistoryResponse {
                 messages: grpc::page_to_wire(page.messages),
                 has_more: page.has_more,
@@ -227,7 +228,7 @@ async fn connect(
             }
         },
     };
-    let sub = match http.chats.subscribe(&q.chat_id, &q.user_id, since) {
+    let sub = match http.chats.subscribe(&q.chat_id, &q.user_id, since).await {
         Ok(sub) => sub,
         Err(e) => return error_response(&e),
     };
@@ -297,14 +298,9 @@ async fn pump(mut socket: WebSocket, mut sub: Subscription) -> tonic::Code {
 }
 
 /// Ends a WebSocket with a close frame whose reason is the JSON error body
-/// (trimmed to fit a close frame). 1008 for a bad message, 1012 (service
-/// restart) at shutdown, 1011 for a server failure.
+/// (trimmed to fit a close frame), with the code from the error table.
 async fn close(socket: &mut WebSocket, e: &Error) {
-    let code = match e {
-        Error::Unavailable(_) => 1012,
-        Error::Store(_) => 1011,
-        _ => 1008,
-    };
+    let code = e.wire().ws_close;
     let mut reason = serde_json::json!({"id": e.id(), "detail": e.detail()}).to_string();
     // A close reason is at most 123 bytes: past that, the id alone.
     if reason.len() > 123 {
@@ -350,15 +346,8 @@ pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
 /// The one mapping of a domain error to the original service's JSON error
 /// shape and HTTP status.
 fn error_response(e: &Error) -> Response {
-    let status = match e {
-        Error::Invalid(..) => StatusCode::BAD_REQUEST,
-        Error::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::NotFound(..) => StatusCode::NOT_FOUND,
-        Error::PermissionDenied(..) => StatusCode::FORBIDDEN,
-        Error::AlreadyExists(..) => StatusCode::CONFLICT,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status =
+        StatusCode::from_u16(e.wire().http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error_body(status, e.id(), &e.detail())
 }
 

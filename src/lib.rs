@@ -1,13 +1,17 @@
-//! A gRPC chat service with an embedded sled store.
+//! A gRPC chat service: an embedded sled store by default, or any number of
+//! identical replicas sharing one PostgreSQL database.
 //!
 //! # Module map
 //! - [`pb`]: the generated protobuf messages and tonic service (the wire).
 //! - [`codec`]: prost with INVALID_ARGUMENT for undecodable requests.
 //! - [`grpc`]: the gRPC handlers; they convert, call [`chat`], convert back,
 //!   and map [`error::Error`] to a gRPC status in one place.
-//! - [`chat`]: the chat logic: validation, idempotency, seq allocation, group
-//!   commit and live fan-out. Plain Rust.
-//! - [`store`]: the sled store and its key layout. Plain Rust.
+//! - [`chat`]: the chat logic: validation, idempotency, group commit and
+//!   live fan-out. Plain Rust.
+//! - [`model`]: the domain types every layer shares.
+//! - [`store`]: the storage boundary and its backends (sled, PostgreSQL),
+//!   each with its schema at the top, and the bus between replicas.
+//! - [`transfer`]: `chat export` / `chat import` (JSON lines).
 //! - [`http`]: the HTTP/JSON interface and Connect over WebSocket.
 //! - [`health`]: `grpc.health.v1.Health`, NOT_SERVING once shutdown begins.
 //! - [`metrics`]: counters and histograms, as Prometheus text.
@@ -24,7 +28,9 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod store;
+pub mod transfer;
 
 /// Generated from `proto/chat.proto`.
 // The `New` RPC becomes a trait method `new(&self, ..)`, which clippy takes
@@ -52,6 +58,7 @@ use tokio::net::TcpListener;
 use tower::Layer as _;
 
 pub use config::Config;
+use config::StoreSpec;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,8 @@ pub enum RunError {
         dir: std::path::PathBuf,
         source: store::StoreError,
     },
+    #[error("cannot open the store: {0}")]
+    Store(String),
     #[error("invalid --cors-origins: {0}")]
     Cors(String),
     #[error("final flush of the store failed: {0}")]
@@ -74,33 +83,47 @@ pub enum RunError {
     Reflection(tonic_reflection::server::Error),
 }
 
-/// An opened server: the store is open (and locked), the chat logic is
-/// running and the metrics address is bound; [`Server::serve`] then serves.
-/// Split from [`run`] so that a caller fails fast on a bad data dir or
-/// address, and can keep a [`chat::Chats`] handle.
+/// An opened server: the store is open (and locked, or migrated), the chat
+/// logic is running and the metrics address is bound; [`Server::serve`]
+/// then serves. Split from [`run`] so that a caller fails fast on a bad
+/// store or address, and can keep a [`chat::Chats`] handle.
 pub struct Server {
     config: Config,
     store: store::Store,
     chats: chat::Chats,
     committer: chat::Committer,
+    /// With a shared database: the wake-ups from other replicas.
+    replicas: Option<(store::bus::Listener, chat::Follower)>,
     metrics_listener: Option<std::net::TcpListener>,
 }
 
+/// Opens the store a config names: the sled directory, or the database
+/// (retrying while it is unreachable, then migrating its schema).
+///
+/// # Errors
+/// When the store cannot be opened.
+pub async fn open_store(config: &Config) -> Result<store::Store, RunError> {
+    match config.store_spec().map_err(RunError::Store)? {
+        StoreSpec::Sled(dir) => store::sled::SledStore::open(&dir, config.cache_mb << 20)
+            .map(store::Store::Sled)
+            .map_err(|source| RunError::Open { dir, source }),
+        StoreSpec::Postgres(opts) => store::postgres::PgStore::connect(&opts)
+            .await
+            .map(store::Store::Postgres)
+            .map_err(|e| RunError::Store(e.to_string())),
+    }
+}
+
 impl Server {
-    /// Opens the store in `config.data_dir`, starts the chat logic and binds
-    /// `config.metrics_listen`.
+    /// Opens the store, starts the chat logic (and, on a shared database,
+    /// follows the other replicas) and binds `config.metrics_listen`.
     ///
     /// # Errors
-    /// When the data dir cannot be opened (locked by another server, not a
-    /// sled database, corrupt), or the metrics address cannot be bound.
-    pub fn open(config: Config) -> Result<Server, RunError> {
-        let store =
-            store::Store::open(&config.data_dir, config.cache_mb << 20).map_err(|source| {
-                RunError::Open {
-                    dir: config.data_dir.clone(),
-                    source,
-                }
-            })?;
+    /// When the store cannot be opened (a sled dir locked by another server,
+    /// not a sled database, corrupt; a database unreachable for longer than
+    /// `--pg-connect-timeout`), or the metrics address cannot be bound.
+    pub async fn open(config: Config) -> Result<Server, RunError> {
+        let store = open_store(&config).await?;
         let metrics_listener = config
             .metrics_listen
             .map(|addr| {
@@ -111,11 +134,28 @@ impl Server {
             .transpose()
             .map_err(RunError::Metrics)?;
         let (chats, committer) = chat::Chats::start(store.clone(), config.limits());
+        let replicas = match config.store_spec().map_err(RunError::Store)? {
+            StoreSpec::Postgres(opts) => {
+                let url = opts.listen_url.as_deref().unwrap_or(&opts.url);
+                let target = store::pgconn::Target::parse(
+                    url,
+                    opts.password.as_deref(),
+                    opts.statement_timeout,
+                )
+                .map_err(|e| RunError::Store(format!("--pg-listen-url: {e}")))?;
+                let (wakes, heard) = tokio::sync::mpsc::unbounded_channel();
+                let listener =
+                    store::bus::Listener::start(target, wakes, chats.metrics().clone());
+                Some((listener, chats.follow(heard)))
+            }
+            StoreSpec::Sled(_) => None,
+        };
         Ok(Server {
             config,
             store,
             chats,
             committer,
+            replicas,
             metrics_listener,
         })
     }
@@ -142,11 +182,13 @@ impl Server {
             store,
             chats,
             committer,
+            replicas,
             metrics_listener,
         } = self;
+        let store_watch = chats.watch_store();
 
         let health = tonic_health::pb::health_server::HealthServer::new(
-            health::HealthService::new(chats.closing()),
+            health::HealthService::new(chats.closing(), chats.ready()),
         );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -178,7 +220,12 @@ impl Server {
             app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
         }
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, data_dir = ?config.data_dir, "serving gRPC");
+            match config.store_spec() {
+                Ok(StoreSpec::Postgres(opts)) => {
+                    tracing::info!(%addr, store = %store::pgconn::redact(&opts.url), "serving gRPC")
+                }
+                _ => tracing::info!(%addr, data_dir = ?config.data_dir, "serving gRPC"),
+            }
         }
         let metrics_server = metrics_listener
             .map(|l| {
@@ -246,6 +293,11 @@ impl Server {
         // Every acknowledged message was flushed before its ack; this answers
         // (or refuses) whatever is still queued, then flushes once more.
         committer.stop().await;
+        if let Some((listener, follower)) = replicas {
+            listener.stop().await;
+            follower.stop().await;
+        }
+        let _ = store_watch.await;
         store.flush().await.map_err(RunError::Flush)?;
         tracing::info!("stopped; store flushed");
         Ok(())
@@ -281,5 +333,5 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    Server::open(config)?.serve(listener, shutdown).await
+    Server::open(config).await?.serve(listener, shutdown).await
 }

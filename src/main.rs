@@ -1,4 +1,5 @@
-//! The `chat` binary: configuration, logging, the listener, then [`chat::run`].
+//! The `chat` binary: configuration, logging, the listener, then
+//! [`chat::run`] (or a maintenance command: migrate, export, import).
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -13,6 +14,15 @@ async fn main() -> std::process::ExitCode {
     match config.log_format {
         chat::config::LogFormat::Text => logs.init(),
         chat::config::LogFormat::Json => logs.json().init(),
+    }
+    if let Some(command) = config.command.clone() {
+        return match chat::transfer::command(&config, command).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,

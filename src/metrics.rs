@@ -72,6 +72,13 @@ pub struct Metrics {
     /// Times a live stream was behind the in-memory window and read the store.
     pub lagging_reads: AtomicU64,
     pub flush_latency: Histogram,
+    /// 1 while the store answers (readiness), else 0.
+    pub store_up: AtomicI64,
+    /// 1 while this replica listens for other replicas' messages, else 0
+    /// (always 0 on the embedded store, which has no other replicas).
+    pub bus_connected: AtomicI64,
+    /// Wake-ups received from other replicas.
+    pub bus_wakeups: AtomicU64,
 }
 
 impl Metrics {
@@ -105,7 +112,7 @@ impl Metrics {
                 &format!("method=\"{method}\""),
             );
         }
-        let gauges: [(&str, &str, &str, i64); 4] = [
+        let gauges: [(&str, &str, &str, i64); 7] = [
             (
                 "chat_connect_streams_open",
                 "gauge",
@@ -130,6 +137,24 @@ impl Metrics {
                 "Reads from the store by live streams behind the in-memory window.",
                 self.lagging_reads.load(Relaxed) as i64,
             ),
+            (
+                "chat_store_up",
+                "gauge",
+                "1 while the store answers (readiness of chat.Chat).",
+                self.store_up.load(Relaxed),
+            ),
+            (
+                "chat_bus_connected",
+                "gauge",
+                "1 while listening for other replicas' messages (PostgreSQL LISTEN).",
+                self.bus_connected.load(Relaxed),
+            ),
+            (
+                "chat_bus_wakeups_total",
+                "counter",
+                "Wake-ups received from other replicas.",
+                self.bus_wakeups.load(Relaxed) as i64,
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(
@@ -137,7 +162,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        out.push_str("# HELP chat_flush_duration_seconds Store flushes (one per group commit).\n# TYPE chat_flush_duration_seconds histogram\n");
+        out.push_str("# HELP chat_flush_duration_seconds Store commits (one per group: a sled flush or a database transaction).\n# TYPE chat_flush_duration_seconds histogram\n");
         self.flush_latency
             .render(&mut out, "chat_flush_duration_seconds", "");
         out

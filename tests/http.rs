@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use chat::{pb, Config};
+use chat::pb;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -419,7 +419,7 @@ async fn grpc_web_unary_calls_work_over_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_allows_only_the_configured_origins() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::with_data_dir(dir.path());
+    let mut config = test_config(dir.path()).await;
     config.cors_origins = vec!["http://app.example".into()];
     let server = TestServer::start_with(config).await;
     let preflight = |addr: std::net::SocketAddr, origin: &'static str| {

@@ -256,12 +256,12 @@ async fn logs_one_json_line_per_rpc_without_message_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_fails_at_once_and_the_first_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Binary::start(dir.path(), &[]).await;
+    let first = Binary::start(dir.path(), &["--store", "sled"]).await;
     let mut c = first.client().await;
     let chat = new_chat(&mut c, &[]).await;
     send(&mut c, &chat, "ann", "1", "before").await;
 
-    let log = match Binary::try_start(dir.path(), &[]).await {
+    let log = match Binary::try_start(dir.path(), &["--store", "sled"]).await {
         Ok(_) => panic!("a second server must not start on the same data dir"),
         Err(log) => log,
     };
@@ -279,7 +279,7 @@ async fn a_data_dir_that_is_not_a_store_is_a_clear_error_and_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, b"precious").unwrap();
-    let log = Binary::try_start(&not_a_dir, &[])
+    let log = Binary::try_start(&not_a_dir, &["--store", "sled"])
         .await
         .err()
         .expect("refused");
@@ -290,7 +290,7 @@ async fn a_data_dir_that_is_not_a_store_is_a_clear_error_and_is_left_alone() {
     std::fs::create_dir(&garbage).unwrap();
     std::fs::write(garbage.join("conf"), b"not sled's config").unwrap();
     std::fs::write(garbage.join("db"), vec![0xAB; 4096]).unwrap();
-    let log = Binary::try_start(&garbage, &[])
+    let log = Binary::try_start(&garbage, &["--store", "sled"])
         .await
         .err()
         .expect("refused");

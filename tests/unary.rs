@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use chat::{pb, Config};
+use chat::pb;
 use common::*;
 use tonic::Code;
 
@@ -329,7 +329,7 @@ async fn page(
 #[tokio::test]
 async fn history_pages_newest_backwards_and_forwards() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::with_data_dir(dir.path());
+    let mut config = test_config(dir.path()).await;
     config.history_page = 20;
     let server = TestServer::start_with(config).await;
     let mut c = server.client().await;

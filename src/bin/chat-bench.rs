@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat::{chat::Draft, pb, store::Store};
+use chat::{chat::Draft, pb, store::sled::SledStore};
 use clap::Parser;
 use tokio::io::AsyncBufReadExt;
 use tonic::{transport::Channel, Request};
@@ -451,7 +451,7 @@ impl Bench {
         }
 
         let dir = TempDir::new()?;
-        let server = chat::Server::open(chat::Config::with_data_dir(dir.path()))?;
+        let server = chat::Server::open(chat::Config::with_data_dir(dir.path())).await?;
         let chats = server.chats();
         let chat = chats.new_chat(vec![]).await?.to_string();
         let stats = load(CONC, self.secs, move |w, i| {
@@ -929,7 +929,7 @@ async fn raw_sled(secs: f64, inserts: usize) -> Result<Stats, BoxError> {
             }
         }
     });
-    let value = prost::Message::encode_to_vec(&chat::store::Message {
+    let value = prost::Message::encode_to_vec(&chat::store::sled::MessageValue {
         id: uuid::Uuid::new_v4().to_string(),
         client_id: "0-0-0".into(),
         chat: vec![0; 16],
@@ -975,33 +975,36 @@ async fn scenario6(
     let dir = TempDir::new()?;
     let loaded = Instant::now();
     {
-        let store = Store::open(dir.path(), 256 << 20)?;
+        let store = SledStore::open(dir.path(), 256 << 20)?;
         let chats: Vec<uuid::Uuid> = (0..100).map(|_| uuid::Uuid::new_v4()).collect();
         for chat in &chats {
-            store.insert_chat(
-                chat,
-                &chat::store::ChatRecord {
+            store.create_chat(
+                *chat,
+                &chat::model::ChatRecord {
                     members: vec![],
                     created_at: 1,
                 },
-                None,
             )?;
         }
+        // As `chat import` writes them: each message with its dedupe key.
+        let mut batch = Vec::new();
         for i in 0..total {
             let chat = chats[(i % 100) as usize];
-            let msg = chat::store::Message {
+            batch.push(chat::model::Message {
                 id: uuid::Uuid::new_v4().to_string(),
                 client_id: format!("c{i}"),
-                chat: chat.as_bytes().to_vec(),
+                chat,
                 user_id: "loader".into(),
                 sent_at: 1,
                 subject: String::new(),
                 text: format!("stored message number {i}"),
                 seq: i / 100 + 1,
-            };
-            store.claim(&chat, &msg.user_id, &msg.client_id, msg.seq)?;
-            store.append(&msg)?;
+            });
+            if batch.len() == 10_000 {
+                store.import_messages(std::mem::take(&mut batch))?;
+            }
         }
+        store.import_messages(batch)?;
         store.flush().await?;
     }
     let load_secs = loaded.elapsed().as_secs_f64();

@@ -1,5 +1,4 @@
-//! The sled store: chats, messages and idempotency keys. Plain Rust; knows
-//! nothing of gRPC.
+//! The sled backend: the embedded default. One process owns one directory.
 //!
 //! # Key layout
 //!
@@ -8,40 +7,56 @@
 //!
 //! | key | value | why this order |
 //! |---|---|---|
-//! | `C` chat(16) | [`ChatRecord`] | point lookup by chat id |
-//! | `M` chat(16) seq(8) | [`Message`] | one chat's messages are one contiguous range, in seq order: History pages and catch-up are range scans, the last seq is one `next_back` |
+//! | `C` chat(16) | [`ChatValue`] | point lookup by chat id |
+//! | `M` chat(16) seq(8) | [`MessageValue`] | one chat's messages are one contiguous range, in seq order: History pages and catch-up are range scans, the last seq is one `next_back` |
 //! | `D` chat(16) user_len(2) user client_id | seq(8) | idempotency: (chat, user, client_id) to the stored seq; the length prefix makes (user, client_id) unambiguous |
-//! | `U` members key | chat(16) | New's idempotency: the canonical member set (sorted, deduplicated, each id `len(2) bytes`) to its chat |
+//! | `U` members key | chat(16) | New's idempotency: the canonical member set ([`member_set_key`]) to its chat |
 //!
 //! `chat(16)` is the chat's UUID in its 16 raw bytes. Values are protobuf
-//! encodings (prost) of the record types below, so new fields can be added
+//! encodings (prost) of the value types below, so new fields can be added
 //! without rewriting old data, and decoding garbage is an error, not a panic.
+//!
+//! # Durable once flushed
+//! A sled write is visible at once but durable only after the next flush. So
+//! this backend allocates seqs itself ([`SledStore::stage`] writes the
+//! message under the chat's append lock, in the caller's task), and
+//! [`SledStore::commit`] is one flush for everything staged so far (group
+//! commit), after which the chat's durable seq moves up. Every read is
+//! bounded by the durable seq: nothing a crash could lose is shown.
 //!
 //! # Why a message and its idempotency key are two plain inserts
 //! A sled `Batch` would make them atomic, but `apply_batch` takes sled's
 //! global write lock and made the append path ten times slower (measured
-//! with chat-bench scenario 2). Instead [`Store::claim`] writes the `D` key
-//! first (one compare-and-swap that also tells whether it existed), then
-//! [`Store::append`] the message, and sled recovers a prefix of its log. So a
-//! crash leaves either both, or only the `D` key, pointing at a seq that has
-//! no message or, after restart, another message. A `D` key is only believed
-//! when the message it points to has the same user and client_id; a stale
-//! one is claimed anew. A message never exists without its key, so a retry
-//! never stores a duplicate.
+//! with chat-bench scenario 2). Instead the `D` key is written first (one
+//! compare-and-swap that also tells whether it existed), then the message,
+//! and sled recovers a prefix of its log. So a crash leaves either both, or
+//! only the `D` key, pointing at a seq that has no message or, after
+//! restart, another message. A `D` key is only believed when the message it
+//! points to has the same user and client_id; a stale one is claimed anew. A
+//! message never exists without its key, so a retry never stores a duplicate.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use prost::Message as _;
 use uuid::Uuid;
+
+use super::{lock, Page, Result, Staged, StoreError};
+use crate::model::{member_set_key, Append, ChatRecord, Message, Outcome};
 
 const CHAT: u8 = b'C';
 const MESSAGE: u8 = b'M';
 const DEDUPE: u8 = b'D';
 const MEMBERS: u8 = b'U';
+/// Seq states of chats with nothing in flight are forgotten past this many.
+const SWEEP_AT: usize = 4096;
 
-/// A stored message, as the store keeps it and the chat logic hands it out.
+/// A message as stored under its `M` key.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Message {
+pub struct MessageValue {
     /// Server-assigned UUID, as text.
     #[prost(string, tag = "1")]
     pub id: String,
@@ -63,16 +78,40 @@ pub struct Message {
     pub seq: u64,
 }
 
-impl Message {
-    /// The chat id as a UUID (the store only ever writes 16-byte ids).
-    pub fn chat_id(&self) -> Uuid {
-        Uuid::from_slice(&self.chat).unwrap_or_default()
+impl From<&Message> for MessageValue {
+    fn from(m: &Message) -> Self {
+        MessageValue {
+            id: m.id.clone(),
+            client_id: m.client_id.clone(),
+            chat: m.chat.as_bytes().to_vec(),
+            user_id: m.user_id.clone(),
+            sent_at: m.sent_at,
+            subject: m.subject.clone(),
+            text: m.text.clone(),
+            seq: m.seq,
+        }
     }
 }
 
-/// A stored chat.
+impl From<MessageValue> for Message {
+    fn from(v: MessageValue) -> Self {
+        Message {
+            id: v.id,
+            client_id: v.client_id,
+            // The store only ever writes 16-byte ids.
+            chat: Uuid::from_slice(&v.chat).unwrap_or_default(),
+            user_id: v.user_id,
+            sent_at: v.sent_at,
+            subject: v.subject,
+            text: v.text,
+            seq: v.seq,
+        }
+    }
+}
+
+/// A chat as stored under its `C` key.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ChatRecord {
+pub struct ChatValue {
     /// Sorted and deduplicated. Empty: an open chat anyone may post to.
     #[prost(string, repeated, tag = "1")]
     pub members: Vec<String>,
@@ -81,43 +120,52 @@ pub struct ChatRecord {
     pub created_at: i64,
 }
 
-/// What can go wrong in the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt value under key {key:?}: {source}")]
-    Corrupt {
-        key: Vec<u8>,
-        source: prost::DecodeError,
-    },
-}
-
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Handle to the store. Cloning is cheap: sled's `Db` is reference-counted.
+/// Handle to the sled store. Cloning is cheap (sled's `Db` and an `Arc`).
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     db: sled::Db,
+    /// Per chat being written to: the append lock and the durable seq.
+    seqs: Arc<Mutex<Seqs>>,
+    /// Serializes New for member sets, so that one set gets one chat.
+    new_lock: Arc<Mutex<()>>,
 }
 
-impl Store {
+struct Seqs {
+    chats: HashMap<Uuid, Arc<Mutex<ChatSeqs>>>,
+    sweep_at: usize,
+}
+
+/// One chat's seqs while it is being written to.
+struct ChatSeqs {
+    /// The last seq written (durable or not): the next message gets one more.
+    written: u64,
+    /// The last seq known flushed: reads stop here.
+    durable: u64,
+}
+
+impl SledStore {
     /// Opens (or creates) the store in `dir`, with at most `cache_bytes`
     /// of sled's page cache in memory.
     ///
     /// # Errors
     /// When sled cannot open the directory: another process holds it, it is
     /// not a sled database, or it is corrupt.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledStore> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .open()?;
-        Ok(Store { db })
+        Ok(SledStore {
+            db,
+            seqs: Arc::new(Mutex::new(Seqs {
+                chats: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            })),
+            new_lock: Arc::new(Mutex::new(())),
+        })
     }
 
-    /// Makes every write so far durable. Callers batch: one flush covers
-    /// every write that happened before it started.
+    /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<()> {
         self.db.flush_async().await?;
         Ok(())
@@ -125,26 +173,40 @@ impl Store {
 
     pub fn chat(&self, chat: &Uuid) -> Result<Option<ChatRecord>> {
         let key = chat_key(chat);
-        self.db.get(key)?.map(|v| decode(&key, &v)).transpose()
-    }
-
-    /// The chat created for exactly this member set, if any.
-    pub fn chat_for_members(&self, members_key: &[u8]) -> Result<Option<Uuid>> {
         Ok(self
             .db
-            .get(members_key)?
-            .and_then(|v| Uuid::from_slice(&v).ok()))
+            .get(key)?
+            .map(|v| decode::<ChatValue>(&key, &v))
+            .transpose()?
+            .map(|v| ChatRecord {
+                members: v.members,
+                created_at: v.created_at,
+            }))
     }
 
-    /// Stores a new chat and, for a members-only chat, its member-set key, atomically.
-    pub fn insert_chat(
-        &self,
-        chat: &Uuid,
-        record: &ChatRecord,
-        members_key: Option<&[u8]>,
-    ) -> Result<()> {
+    /// The chat of `record.members` (a new one if the set has none yet, or
+    /// for an open chat). Durable only after the next [`SledStore::commit`].
+    pub fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
+        if record.members.is_empty() {
+            self.insert_chat(&id, record, None)?;
+            return Ok(id);
+        }
+        let key = members_key(&record.members);
+        let _one_at_a_time = lock(&self.new_lock);
+        if let Some(chat) = self.db.get(&key)?.and_then(|v| Uuid::from_slice(&v).ok()) {
+            return Ok(chat);
+        }
+        self.insert_chat(&id, record, Some(&key))?;
+        Ok(id)
+    }
+
+    fn insert_chat(&self, chat: &Uuid, record: &ChatRecord, members_key: Option<&[u8]>) -> Result<()> {
+        let value = ChatValue {
+            members: record.members.clone(),
+            created_at: record.created_at,
+        };
         let mut batch = sled::Batch::default();
-        batch.insert(&chat_key(chat)[..], record.encode_to_vec());
+        batch.insert(&chat_key(chat)[..], value.encode_to_vec());
         if let Some(key) = members_key {
             batch.insert(key, &chat.as_bytes()[..]);
         }
@@ -152,8 +214,92 @@ impl Store {
         Ok(())
     }
 
-    /// The highest seq stored in the chat (0 for none).
+    /// The chat's seq state, loaded from the store on first use.
+    fn chat_seqs(&self, chat: &Uuid) -> Result<Arc<Mutex<ChatSeqs>>> {
+        let mut seqs = lock(&self.seqs);
+        if let Some(s) = seqs.chats.get(chat) {
+            return Ok(s.clone());
+        }
+        // Nothing of this chat is in flight (an in-flight message keeps its
+        // state), so what the store holds is durable.
+        let last = self.stored_last_seq(chat)?;
+        let state = Arc::new(Mutex::new(ChatSeqs {
+            written: last,
+            durable: last,
+        }));
+        if seqs.chats.len() >= seqs.sweep_at {
+            // Forget chats with nothing in flight that nobody holds; grow
+            // the threshold so a map full of busy chats is not swept per insert.
+            seqs.chats.retain(|_, s| {
+                Arc::strong_count(s) > 1 || {
+                    let s = lock(s);
+                    s.written != s.durable
+                }
+            });
+            seqs.sweep_at = SWEEP_AT.max(seqs.chats.len() * 2);
+        }
+        seqs.chats.insert(*chat, state.clone());
+        Ok(state)
+    }
+
+    /// Writes a message under the next seq of its chat (or finds the one
+    /// already stored under its idempotency key). Not yet durable.
+    pub fn stage(&self, append: Append) -> Result<Staged> {
+        let Append {
+            message: mut msg,
+            dedupe,
+        } = append;
+        let state = self.chat_seqs(&msg.chat)?;
+        let mut seqs = lock(&state);
+        let seq = seqs.written + 1;
+        if dedupe {
+            if let Some(stored) = self.claim(&msg.chat, &msg.user_id, &msg.client_id, seq)? {
+                return Ok(Staged::Existing(stored));
+            }
+        }
+        msg.seq = seq;
+        self.db.insert(
+            message_key(&msg.chat, seq),
+            MessageValue::from(&msg).encode_to_vec(),
+        )?;
+        seqs.written = seq;
+        Ok(Staged::Written(msg))
+    }
+
+    /// One flush makes everything staged so far durable (group commit).
+    pub async fn commit(&self, batch: Vec<Staged>) -> Result<Vec<Outcome>> {
+        self.flush().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for staged in batch {
+            out.push(match staged {
+                Staged::Written(msg) => {
+                    if let Ok(state) = self.chat_seqs(&msg.chat) {
+                        let mut s = lock(&state);
+                        s.durable = s.durable.max(msg.seq);
+                    }
+                    Outcome::Stored(msg)
+                }
+                Staged::Existing(msg) => Outcome::Existing(msg),
+                Staged::Deferred(_) => unreachable!("sled stages nothing for later"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The highest durable seq of the chat (0 for none).
     pub fn last_seq(&self, chat: &Uuid) -> Result<u64> {
+        if let Some(s) = lock(&self.seqs).chats.get(chat) {
+            return Ok(lock(s).durable);
+        }
+        self.stored_last_seq(chat)
+    }
+
+    fn durable(&self, chat: &Uuid) -> Result<u64> {
+        self.last_seq(chat)
+    }
+
+    /// The highest seq written to the chat, durable or not.
+    fn stored_last_seq(&self, chat: &Uuid) -> Result<u64> {
         let prefix = message_prefix(chat);
         match self.db.scan_prefix(prefix).next_back() {
             Some(entry) => Ok(seq_of_key(&entry?.0)),
@@ -164,14 +310,8 @@ impl Store {
     /// Claims the idempotency key (chat, user, client_id) for a message
     /// about to be appended at `seq`, or returns the message already stored
     /// under it. A key left stale by a crash (see the module docs) is
-    /// claimed anew. The caller serializes appends to the chat.
-    pub fn claim(
-        &self,
-        chat: &Uuid,
-        user_id: &str,
-        client_id: &str,
-        seq: u64,
-    ) -> Result<Option<Message>> {
+    /// claimed anew. The caller holds the chat's append lock.
+    fn claim(&self, chat: &Uuid, user_id: &str, client_id: &str, seq: u64) -> Result<Option<Message>> {
         let key = dedupe_key(chat, user_id, client_id);
         let new = seq.to_be_bytes();
         let Err(taken) = self
@@ -192,30 +332,28 @@ impl Store {
         Ok(stored)
     }
 
-    pub fn message(&self, chat: &Uuid, seq: u64) -> Result<Option<Message>> {
+    fn message(&self, chat: &Uuid, seq: u64) -> Result<Option<Message>> {
         let key = message_key(chat, seq);
-        self.db.get(key)?.map(|v| decode(&key, &v)).transpose()
+        Ok(self
+            .db
+            .get(key)?
+            .map(|v| decode::<MessageValue>(&key, &v))
+            .transpose()?
+            .map(Message::from))
     }
 
-    /// Writes a message; if it has an idempotency key, [`Store::claim`] it
-    /// first. Not yet durable: see [`Store::flush`].
-    pub fn append(&self, msg: &Message) -> Result<()> {
-        self.db
-            .insert(message_key(&msg.chat_id(), msg.seq), msg.encode_to_vec())?;
-        Ok(())
-    }
-
-    /// Messages with `first <= seq <= last`, oldest first, at most `limit`.
-    /// Seqs are gap-free, so this is point lookups of known keys: in sled
-    /// 0.34 that is cheaper than its range iterator, which copies a tree
+    /// Durable messages with `first <= seq <= last`, oldest first, at most
+    /// `limit`. Seqs are gap-free, so this is point lookups of known keys: in
+    /// sled 0.34 that is cheaper than its range iterator, which copies a tree
     /// node per step (measured with chat-bench scenario 4).
-    pub fn range(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
+    pub fn read(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
+        let last = last.min(self.durable(chat)?);
         let mut page = Vec::new();
         let mut seq = first;
         while seq <= last && page.len() < limit {
             let key = message_key(chat, seq);
             match self.db.get(key)? {
-                Some(v) => page.push(decode(&key, &v)?),
+                Some(v) => page.push(decode::<MessageValue>(&key, &v)?.into()),
                 // Past the end (or a hole that a crash left): stop here.
                 None => break,
             }
@@ -223,17 +361,99 @@ impl Store {
         }
         Ok(page)
     }
+
+    /// One History page (see [`super::Store::page`]).
+    pub fn page(&self, chat: &Uuid, before: Option<u64>, after: Option<u64>, limit: usize) -> Result<Page> {
+        let durable = self.durable(chat)?;
+        match after {
+            Some(after) => {
+                let messages = self.read(chat, after.saturating_add(1), durable, limit)?;
+                let has_more = messages.last().is_some_and(|m| m.seq < durable);
+                Ok(Page { messages, has_more })
+            }
+            None => {
+                // Seqs are gap-free 1..=durable, so the page's first seq is known.
+                let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
+                let first = last.saturating_sub(limit as u64 - 1).max(1);
+                let messages = self.read(chat, first, last, limit)?;
+                let has_more = messages.first().is_some_and(|m| m.seq > 1);
+                Ok(Page { messages, has_more })
+            }
+        }
+    }
 }
 
-/// The canonical key of a member set: sorted, deduplicated ids, each
-/// length-prefixed so that no two sets share a key (unlike joining with "-").
-/// `members` must already be sorted and deduplicated, each id under 64 KiB.
-pub fn members_key(members: &[String]) -> Vec<u8> {
-    let mut key = vec![MEMBERS];
-    for m in members {
-        key.extend_from_slice(&(m.len() as u16).to_be_bytes());
-        key.extend_from_slice(m.as_bytes());
+impl SledStore {
+    pub fn chats_after(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, ChatRecord)>> {
+        let start = match after {
+            // The smallest key after the chat's own.
+            Some(chat) => [&chat_key(&chat)[..], &[0]].concat(),
+            None => vec![CHAT],
+        };
+        let mut out = Vec::new();
+        for entry in self.db.range(start..) {
+            let (key, value) = entry?;
+            if key.first() != Some(&CHAT) || out.len() >= limit {
+                break;
+            }
+            let Ok(id) = Uuid::from_slice(&key[1..]) else { continue };
+            let v = decode::<ChatValue>(&key, &value)?;
+            out.push((
+                id,
+                ChatRecord {
+                    members: v.members,
+                    created_at: v.created_at,
+                },
+            ));
+        }
+        Ok(out)
     }
+
+    pub fn import_chat(&self, id: Uuid, record: &ChatRecord) -> Result<()> {
+        if self.db.contains_key(chat_key(&id))? {
+            return Ok(());
+        }
+        let key = (!record.members.is_empty()).then(|| members_key(&record.members));
+        if let Some(key) = &key {
+            let _one_at_a_time = lock(&self.new_lock);
+            if let Some(other) = self.db.get(key)?.and_then(|v| Uuid::from_slice(&v).ok()) {
+                return Err(StoreError::Config(format!(
+                    "chat {id}: its member set already belongs to chat {other}"
+                )));
+            }
+            return self.insert_chat(&id, record, Some(key));
+        }
+        self.insert_chat(&id, record, None)
+    }
+
+    pub fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
+        for m in messages {
+            if self.db.contains_key(message_key(&m.chat, m.seq))? {
+                continue;
+            }
+            // Key first, as `stage` does: a message never exists without it.
+            self.db.insert(
+                dedupe_key(&m.chat, &m.user_id, &m.client_id),
+                &m.seq.to_be_bytes()[..],
+            )?;
+            self.db.insert(
+                message_key(&m.chat, m.seq),
+                MessageValue::from(&m).encode_to_vec(),
+            )?;
+            if let Some(s) = lock(&self.seqs).chats.get(&m.chat) {
+                let mut s = lock(s);
+                s.written = s.written.max(m.seq);
+                s.durable = s.durable.max(m.seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `U` key of a member set.
+fn members_key(members: &[String]) -> Vec<u8> {
+    let mut key = vec![MEMBERS];
+    key.extend_from_slice(&member_set_key(members));
     key
 }
 
@@ -289,51 +509,70 @@ fn decode<T: prost::Message + Default>(key: &[u8], value: &[u8]) -> Result<T> {
 mod tests {
     use super::*;
 
-    fn msg(chat: &Uuid, seq: u64, client_id: &str) -> Message {
-        Message {
-            id: Uuid::new_v4().to_string(),
-            client_id: client_id.into(),
-            chat: chat.as_bytes().to_vec(),
-            user_id: "ann".into(),
-            sent_at: 1,
-            subject: String::new(),
-            text: format!("m{seq}"),
-            seq,
+    fn open() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 64 << 20).unwrap();
+        (dir, store)
+    }
+
+    fn append(chat: &Uuid, client_id: &str) -> Append {
+        Append {
+            message: Message {
+                id: Uuid::new_v4().to_string(),
+                client_id: client_id.into(),
+                chat: *chat,
+                user_id: "ann".into(),
+                sent_at: 1,
+                subject: String::new(),
+                text: format!("from {client_id}"),
+                seq: 0,
+            },
+            dedupe: !client_id.is_empty(),
         }
     }
 
-    #[test]
-    fn member_keys_are_unambiguous() {
-        let a = members_key(&["a-b".into(), "c".into()]);
-        let b = members_key(&["a".into(), "b-c".into()]);
-        assert_ne!(a, b);
+    /// Stages and commits one message as the chat logic does; its seq, and
+    /// whether it was already stored.
+    async fn send(store: &SledStore, chat: &Uuid, client_id: &str) -> (u64, bool) {
+        let staged = store.stage(append(chat, client_id)).unwrap();
+        match store.commit(vec![staged]).await.unwrap().pop().unwrap() {
+            Outcome::Stored(m) => (m.seq, false),
+            Outcome::Existing(m) => (m.seq, true),
+        }
     }
 
-    #[test]
-    fn one_chats_messages_are_a_contiguous_range_in_seq_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 64 << 20).unwrap();
+    #[tokio::test]
+    async fn one_chats_messages_are_a_contiguous_range_in_seq_order() {
+        let (_dir, store) = open();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         // Past 255 and 256: big-endian keys keep numeric order, so the
         // last key under the chat's prefix is its last seq.
         for seq in 1..=300 {
-            store.append(&msg(&a, seq, "")).unwrap();
+            store.stage(append(&a, "")).unwrap();
             if seq <= 10 {
-                store.append(&msg(&b, seq, "")).unwrap();
+                store.stage(append(&b, "")).unwrap();
             }
         }
+        assert_eq!(store.read(&a, 1, 300, 10).unwrap(), [], "nothing before the flush");
+        store.commit(vec![]).await.unwrap();
+        // The flush made them durable, but only a commit that carried them
+        // moves the durable seq: a fresh handle reads them from disk.
+        let store = SledStore {
+            seqs: Arc::new(Mutex::new(Seqs {
+                chats: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            })),
+            ..store
+        };
         let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(
-            seqs(store.range(&a, 254, 258, 100).unwrap()),
+            seqs(store.read(&a, 254, 258, 100).unwrap()),
             [254, 255, 256, 257, 258]
         );
+        assert_eq!(seqs(store.read(&a, 299, u64::MAX, 100).unwrap()), [299, 300]);
+        assert_eq!(seqs(store.read(&a, 1, 300, 3).unwrap()), [1, 2, 3]);
         assert_eq!(
-            seqs(store.range(&a, 299, u64::MAX, 100).unwrap()),
-            [299, 300]
-        );
-        assert_eq!(seqs(store.range(&a, 1, 300, 3).unwrap()), [1, 2, 3]);
-        assert_eq!(
-            seqs(store.range(&b, 9, 20, 100).unwrap()),
+            seqs(store.read(&b, 9, 20, 100).unwrap()),
             [9, 10],
             "no other chat's messages"
         );
@@ -342,44 +581,32 @@ mod tests {
         assert_eq!(store.last_seq(&Uuid::new_v4()).unwrap(), 0);
     }
 
-    /// Claims and appends as `Chats::send` does.
-    fn send(store: &Store, chat: &Uuid, seq: u64, client_id: &str) -> Option<u64> {
-        if let Some(stored) = store.claim(chat, "ann", client_id, seq).unwrap() {
-            return Some(stored.seq);
-        }
-        store.append(&msg(chat, seq, client_id)).unwrap();
-        None
-    }
-
-    #[test]
-    fn a_claimed_key_returns_its_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 64 << 20).unwrap();
+    #[tokio::test]
+    async fn a_claimed_key_returns_its_message() {
+        let (_dir, store) = open();
         let chat = Uuid::new_v4();
-        assert_eq!(send(&store, &chat, 1, "c1"), None);
-        assert_eq!(send(&store, &chat, 2, "c1"), Some(1));
+        assert_eq!(send(&store, &chat, "c1").await, (1, false));
+        assert_eq!(send(&store, &chat, "c1").await, (1, true));
         // (user, client_id) is unambiguous: "an" + "nc1" is another key.
         assert!(store.claim(&chat, "an", "nc1", 2).unwrap().is_none());
     }
 
-    #[test]
-    fn a_dedupe_key_left_without_its_message_is_claimed_anew() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 64 << 20).unwrap();
+    #[tokio::test]
+    async fn a_dedupe_key_left_without_its_message_is_claimed_anew() {
+        let (_dir, store) = open();
         let chat = Uuid::new_v4();
         // As a crash between the two writes leaves it: the key, no message.
         assert!(store.claim(&chat, "ann", "c1", 1).unwrap().is_none());
         // After restart seq 1 goes to another message...
-        assert_eq!(send(&store, &chat, 1, "other"), None);
+        assert_eq!(send(&store, &chat, "other").await, (1, false));
         // ...and the retry of c1 is stored anew, once.
-        assert_eq!(send(&store, &chat, 2, "c1"), None);
-        assert_eq!(send(&store, &chat, 3, "c1"), Some(2));
+        assert_eq!(send(&store, &chat, "c1").await, (2, false));
+        assert_eq!(send(&store, &chat, "c1").await, (2, true));
     }
 
     #[test]
     fn a_corrupt_value_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let (_dir, store) = open();
         let chat = Uuid::new_v4();
         store
             .db
@@ -397,8 +624,7 @@ mod tests {
     #[test]
     fn decoding_any_stored_bytes_never_panics() {
         use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let (_dir, store) = open();
         let mut runner = TestRunner::new(ProptestConfig::default());
         let inputs = (vec(any::<u8>(), 0..300), vec(any::<u8>(), 0..12));
         runner
@@ -415,12 +641,13 @@ mod tests {
                 db.insert(&dedupe, value.clone()).unwrap();
                 dedupe.truncate(dedupe.len().min(tail.len()));
                 let _ = store.chat(&chat);
-                let _ = store.range(&chat, 0, u64::MAX, 10);
+                let _ = store.read(&chat, 0, u64::MAX, 10);
                 let _ = store.last_seq(&chat);
                 let _ = store.claim(&chat, "ann", "c", 2);
                 // What decodes re-encodes to the same value.
                 if let Ok(Some(m)) = store.message(&chat, 1) {
-                    prop_assert_eq!(Message::decode(&*m.encode_to_vec()).unwrap(), m);
+                    let v = MessageValue::from(&m);
+                    prop_assert_eq!(MessageValue::decode(&*v.encode_to_vec()).unwrap(), v);
                 }
                 Ok(())
             })

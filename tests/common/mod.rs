@@ -1,5 +1,11 @@
 //! Starts the real server in-process on `127.0.0.1:0` with a temp data dir,
 //! and connects the generated client to it.
+//!
+//! The backend is chosen by the environment, so that every test runs on
+//! both (`scripts/test` runs the suite twice): `CHAT_TEST_STORE=postgres`
+//! with `CHAT_TEST_PG_URL`, the URL of a throwaway PostgreSQL cluster, gives
+//! each test dir its own database there (the same dir, the same database:
+//! a restart finds its data); otherwise the sled store in the test dir.
 #![allow(dead_code)] // each test binary uses a different part of this
 
 use std::{net::SocketAddr, path::Path};
@@ -18,17 +24,69 @@ pub struct TestServer {
     task: Option<JoinHandle<Result<(), chat::RunError>>>,
 }
 
+/// The PostgreSQL URL of `dir`'s own database when the tests run on
+/// PostgreSQL (created on first use), else `None`.
+pub async fn pg_url(dir: &Path) -> Option<String> {
+    match std::env::var("CHAT_TEST_STORE").as_deref() {
+        Ok("postgres") => {}
+        Ok("sled") | Err(_) => return None,
+        Ok(other) => panic!("CHAT_TEST_STORE={other}: use sled or postgres"),
+    }
+    let admin = std::env::var("CHAT_TEST_PG_URL")
+        .expect("CHAT_TEST_STORE=postgres needs CHAT_TEST_PG_URL (scripts/test sets both)");
+    let name = db_name(dir);
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("the test cluster answers");
+    tokio::spawn(conn);
+    match client.batch_execute(&format!("CREATE DATABASE {name}")).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) => panic!("cannot create the test database: {e}"),
+    }
+    Some(with_database(&admin, &name))
+}
+
+/// A database name for a test dir: stable for the dir, unique per test.
+pub fn db_name(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    format!("t_{:016x}", h.finish())
+}
+
+/// `admin` (a `postgres://…/db` URL) with another database.
+pub fn with_database(admin: &str, name: &str) -> String {
+    let (base, query) = admin.split_once('?').unwrap_or((admin, ""));
+    let host = base.rsplit_once('/').map_or(base, |(h, _)| h);
+    let url = format!("{host}/{name}");
+    if query.is_empty() {
+        url
+    } else {
+        format!("{url}?{query}")
+    }
+}
+
+/// The default config for `dir`: its sled store, or its database.
+pub async fn test_config(dir: &Path) -> Config {
+    let mut config = Config::with_data_dir(dir);
+    if let Some(url) = pg_url(dir).await {
+        config.store = chat::config::Secret(url);
+    }
+    config
+}
+
 impl TestServer {
-    /// A server with default settings on `dir`.
+    /// A server with default settings on `dir` (see [`test_config`]).
     pub async fn start(dir: &Path) -> TestServer {
-        TestServer::start_with(Config::with_data_dir(dir)).await
+        TestServer::start_with(test_config(dir).await).await
     }
 
     pub async fn start_with(config: Config) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = chat::Server::open(config).unwrap();
+        let server = chat::Server::open(config).await.unwrap();
         let chats = server.chats();
         let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
@@ -183,6 +241,11 @@ impl Binary {
     /// Starts the binary; `Err` holds its log if it exits before serving.
     pub async fn try_start(dir: &Path, extra: &[&str]) -> Result<Binary, String> {
         use tokio::io::AsyncBufReadExt;
+        // Unless the test names its store itself.
+        let store = match extra.contains(&"--store") {
+            true => None,
+            false => pg_url(dir).await.map(|url| vec!["--store".to_owned(), url]),
+        };
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"))
             .args([
                 "--listen",
@@ -192,6 +255,7 @@ impl Binary {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(store.unwrap_or_default())
             .args(extra)
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())

@@ -1,0 +1,170 @@
+//! Wake-ups between replicas: "chat X has messages up to seq N". The
+//! database stays the source of truth; a wake-up only tells a replica to
+//! read rows it has not seen. Carried by PostgreSQL `LISTEN/NOTIFY` (no
+//! extra server); another bus (NATS, say) would implement the same
+//! [`Wake`]s.
+//!
+//! What NOTIFY costs and guarantees, and how this module lives with it:
+//! - a transaction that notified takes a global lock at commit: one
+//!   notification per committed group of sends, never one per message;
+//! - payloads stay under 8,000 bytes: ids and seqs only, chunked;
+//! - a notification is delivered only if its transaction commits, and only
+//!   to listeners connected then: after a reconnect the listener sends
+//!   [`Wake::Resync`], and the chat logic also resyncs on a slow timer, so a
+//!   lost notification delays a message and never loses it.
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::AsyncMessage;
+use uuid::Uuid;
+
+use super::pgconn::Target;
+use crate::metrics::Metrics;
+
+/// The NOTIFY channel.
+pub const CHANNEL: &str = "chat_messages";
+/// Payload bytes per notification, under PostgreSQL's 8,000.
+const PAYLOAD_MAX: usize = 7_000;
+
+/// What a replica learns from the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    /// The chat has committed messages up to this seq.
+    Chat(Uuid, u64),
+    /// Anything may have been missed: compare every followed chat with the store.
+    Resync,
+}
+
+/// Payloads for a group's (chat, last seq) pairs: `"chat:seq chat:seq …"`,
+/// as many as needed to stay under the payload limit.
+pub fn encode<'a>(pairs: impl Iterator<Item = (&'a Uuid, u64)>) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for (chat, seq) in pairs {
+        let item = format!("{chat}:{seq}");
+        let last = out.last_mut().expect("never empty");
+        if !last.is_empty() && last.len() + 1 + item.len() > PAYLOAD_MAX {
+            out.push(item);
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(&item);
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// The pairs of a payload; anything malformed is skipped (a resync covers it).
+pub fn decode(payload: &str) -> impl Iterator<Item = (Uuid, u64)> + '_ {
+    payload.split(' ').filter_map(|item| {
+        let (chat, seq) = item.split_once(':')?;
+        Some((Uuid::try_parse(chat).ok()?, seq.parse().ok()?))
+    })
+}
+
+/// Owner of the listener task.
+pub struct Listener {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Starts listening on `target` (its own connection, outside the pool),
+    /// sending what it hears to `wakes`; `chat_bus_connected` follows the connection.
+    pub fn start(target: Target, wakes: mpsc::UnboundedSender<Wake>, metrics: Arc<Metrics>) -> Listener {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(listen(target, wakes, metrics, stopped));
+        Listener { stop, task }
+    }
+
+    /// Stops listening and waits for the task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn listen(
+    target: Target,
+    wakes: mpsc::UnboundedSender<Wake>,
+    metrics: Arc<Metrics>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let (client, mut conn) = target.config.connect(target.tls.clone()).await?;
+            let forward = wakes.clone();
+            // Drives the connection: query replies and notifications both
+            // arrive through it.
+            let driver = tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(m) = messages.next().await {
+                    if let AsyncMessage::Notification(n) = m? {
+                        for (chat, seq) in decode(n.payload()) {
+                            let _ = forward.send(Wake::Chat(chat, seq));
+                        }
+                    }
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            });
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            metrics.bus_connected.store(1, Relaxed);
+            tracing::info!("listening for other replicas' messages");
+            // Whatever was committed while not listening.
+            let _ = wakes.send(Wake::Resync);
+            let ended = driver.await;
+            drop(client);
+            match ended {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!("listener task failed: {e}");
+                    Ok(())
+                }
+            }
+        };
+        let ended = tokio::select! {
+            ended = session => ended,
+            _ = &mut stop => return,
+        };
+        if metrics.bus_connected.swap(0, Relaxed) == 1 {
+            backoff = Duration::from_millis(100);
+        }
+        match ended {
+            Ok(()) => tracing::warn!("the listening connection closed; reconnecting"),
+            Err(e) => tracing::warn!(
+                error = %super::StoreError::from(e),
+                retry_in_ms = backoff.as_millis() as u64,
+                "cannot listen for other replicas' messages; retrying"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = &mut stop => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_stay_under_the_limit_and_decode_to_what_was_encoded() {
+        let chats: Vec<(Uuid, u64)> = (0..1000).map(|i| (Uuid::new_v4(), i * 1_000_003)).collect();
+        let payloads = encode(chats.iter().map(|(c, s)| (c, *s)));
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_MAX));
+        let back: Vec<(Uuid, u64)> = payloads.iter().flat_map(|p| decode(p)).collect();
+        assert_eq!(back, chats);
+        assert_eq!(decode("junk x:1 :").count(), 0);
+        assert!(encode(std::iter::empty()).is_empty());
+    }
+}
