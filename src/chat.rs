@@ -481,7 +481,9 @@ impl Chats {
                 if was != up {
                     match up {
                         true => tracing::info!("the store answers again: serving"),
-                        false => tracing::warn!("the store does not answer: NOT_SERVING for chat.Chat"),
+                        false => {
+                            tracing::warn!("the store does not answer: NOT_SERVING for chat.Chat")
+                        }
                     }
                 }
                 tokio::select! {
@@ -668,7 +670,10 @@ async fn follow_loop(
             if resync {
                 live.chats.values().cloned().collect()
             } else {
-                wanted.keys().filter_map(|c| live.chats.get(c).cloned()).collect()
+                wanted
+                    .keys()
+                    .filter_map(|c| live.chats.get(c).cloned())
+                    .collect()
             }
         };
         if resync && !followed.is_empty() {

@@ -18,14 +18,25 @@ pub struct Config {
     pub command: Option<Command>,
 
     /// Address to serve gRPC on.
-    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "CHAT_LISTEN",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Where chats are stored: `sled` (the embedded store in --data-dir), a
     /// directory (a sled store there), or a PostgreSQL URL
     /// (`postgres://user@host:5432/db?sslmode=verify-full`) or libpq
     /// `key=value` string, shared by every replica.
-    #[arg(long, env = "CHAT_STORE", default_value = "sled", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CHAT_STORE",
+        default_value = "sled",
+        hide_env_values = true,
+        global = true
+    )]
     pub store: Secret,
 
     /// A file holding the database password (used when the URL has none;
@@ -35,7 +46,12 @@ pub struct Config {
 
     /// Directory of the sled store (created if missing; one server per
     /// directory). Not used with a PostgreSQL store.
-    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data", global = true)]
+    #[arg(
+        long,
+        env = "CHAT_DATA_DIR",
+        default_value = "./chat-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Connections to PostgreSQL per replica.
@@ -44,7 +60,12 @@ pub struct Config {
 
     /// Seconds a database statement may run (or wait for a lock, or for a
     /// pool connection) before the call fails with UNAVAILABLE.
-    #[arg(long, env = "CHAT_PG_STATEMENT_TIMEOUT", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "CHAT_PG_STATEMENT_TIMEOUT",
+        default_value_t = 5,
+        global = true
+    )]
     pub pg_statement_timeout: u64,
 
     /// Most messages in one database transaction (group commit).
@@ -52,13 +73,23 @@ pub struct Config {
     pub pg_batch_max: usize,
 
     /// Seconds startup keeps retrying an unreachable database before it gives up.
-    #[arg(long, env = "CHAT_PG_CONNECT_TIMEOUT", default_value_t = 60, global = true)]
+    #[arg(
+        long,
+        env = "CHAT_PG_CONNECT_TIMEOUT",
+        default_value_t = 60,
+        global = true
+    )]
     pub pg_connect_timeout: u64,
 
     /// A separate URL for the LISTEN connection that carries wake-ups
     /// between replicas (default: the store URL). Needed behind a pooler in
     /// transaction mode, which cannot LISTEN.
-    #[arg(long, env = "CHAT_PG_LISTEN_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CHAT_PG_LISTEN_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub pg_listen_url: Option<Secret>,
 
     /// Memory for the store's page cache, in MiB (the rest stays on disk).

@@ -78,10 +78,10 @@ impl pb::chat_server::Chat for ChatService {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let req = request.into_inner();
         self.observe("History", &req.chat_id, async {
-            let page =
-                self.chats
-                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
-                    .await?;
+            let page = self
+                .chats
+                .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
+                .await?;
             Ok(pb::HistoryResponse {
                 messages: page_to_wire(page.messages),
                 has_more: page.has_more,

@@ -81,10 +81,10 @@ async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
         headers,
         body,
         |http, req: pb::HistoryRequest| async move {
-            let page =
-                http.chats
-                    .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
-                    .await?;
+            let page = http
+                .chats
+                .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
+                .await?;
             Ok(pb::HistoryResponse {
                 messages: grpc::page_to_wire(page.messages),
                 has_more: page.has_more,
@@ -346,8 +346,7 @@ pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
 /// The one mapping of a domain error to the original service's JSON error
 /// shape and HTTP status.
 fn error_response(e: &Error) -> Response {
-    let status =
-        StatusCode::from_u16(e.wire().http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(e.wire().http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error_body(status, e.id(), &e.detail())
 }
 

@@ -144,8 +144,7 @@ impl Server {
                 )
                 .map_err(|e| RunError::Store(format!("--pg-listen-url: {e}")))?;
                 let (wakes, heard) = tokio::sync::mpsc::unbounded_channel();
-                let listener =
-                    store::bus::Listener::start(target, wakes, chats.metrics().clone());
+                let listener = store::bus::Listener::start(target, wakes, chats.metrics().clone());
                 Some((listener, chats.follow(heard)))
             }
             StoreSpec::Sled(_) => None,

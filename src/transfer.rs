@@ -107,7 +107,10 @@ async fn export(store: &Store, out: &mut impl Write) -> Result<(u64, u64), Strin
     let (mut chats, mut messages) = (0, 0);
     let mut after = None;
     loop {
-        let page = store.chats_after(after, CHUNK).await.map_err(|e| e.to_string())?;
+        let page = store
+            .chats_after(after, CHUNK)
+            .await
+            .map_err(|e| e.to_string())?;
         let Some((last, _)) = page.last() else {
             return Ok((chats, messages));
         };
@@ -170,7 +173,9 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
             serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", n + 1))?;
         let flush_first = match &parsed {
             Line::Chat(_) => true,
-            Line::Message(m) => pending.len() >= CHUNK || pending.last().is_some_and(|p| p.chat != m.chat_id),
+            Line::Message(m) => {
+                pending.len() >= CHUNK || pending.last().is_some_and(|p| p.chat != m.chat_id)
+            }
         };
         if flush_first && !pending.is_empty() {
             store

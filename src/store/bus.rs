@@ -77,7 +77,11 @@ pub struct Listener {
 impl Listener {
     /// Starts listening on `target` (its own connection, outside the pool),
     /// sending what it hears to `wakes`; `chat_bus_connected` follows the connection.
-    pub fn start(target: Target, wakes: mpsc::UnboundedSender<Wake>, metrics: Arc<Metrics>) -> Listener {
+    pub fn start(
+        target: Target,
+        wakes: mpsc::UnboundedSender<Wake>,
+        metrics: Arc<Metrics>,
+    ) -> Listener {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(listen(target, wakes, metrics, stopped));
         Listener { stop, task }

@@ -153,7 +153,13 @@ impl Store {
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn read(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
+    pub async fn read(
+        &self,
+        chat: &Uuid,
+        first: u64,
+        last: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         match self {
             Store::Sled(s) => s.read(chat, first, last, limit),
             Store::Postgres(p) => p.read(chat, first, last, limit).await,
@@ -165,7 +171,13 @@ impl Store {
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn page(&self, chat: &Uuid, before: Option<u64>, after: Option<u64>, limit: usize) -> Result<Page> {
+    pub async fn page(
+        &self,
+        chat: &Uuid,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page> {
         match self {
             Store::Sled(s) => s.page(chat, before, after, limit),
             Store::Postgres(p) => p.page(chat, before, after, limit).await,
@@ -176,7 +188,11 @@ impl Store {
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn chats_after(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, ChatRecord)>> {
+    pub async fn chats_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, ChatRecord)>> {
         match self {
             Store::Sled(s) => s.chats_after(after, limit),
             Store::Postgres(p) => p.chats_after(after, limit).await,

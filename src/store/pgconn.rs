@@ -146,15 +146,16 @@ fn tls_config(verify: Verify, rootcert: Option<&str>) -> Result<ClientConfig> {
     let mut roots = RootCertStore::empty();
     match rootcert {
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| StoreError::Config(format!("cannot read sslrootcert {path:?}: {e}")))?;
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Config(format!("cannot read sslrootcert {path:?}: {e}"))
+            })?;
             for cert in rustls_pemfile::certs(&mut &pem[..]) {
                 let cert = cert.map_err(|e| {
                     StoreError::Config(format!("sslrootcert {path:?} is not PEM: {e}"))
                 })?;
-                roots.add(cert).map_err(|e| {
-                    StoreError::Config(format!("sslrootcert {path:?}: {e}"))
-                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::Config(format!("sslrootcert {path:?}: {e}")))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -353,9 +354,8 @@ mod tests {
         assert_eq!(rest, "postgres://u:p@h:5432/db?application_name=x");
         assert_eq!(mode.as_deref(), Some("verify-full"));
         assert_eq!(root, None);
-        let (rest, mode, root) = split_tls_params(
-            "host=h dbname=db sslmode=verify-ca sslrootcert=/etc/ca%20x.pem",
-        );
+        let (rest, mode, root) =
+            split_tls_params("host=h dbname=db sslmode=verify-ca sslrootcert=/etc/ca%20x.pem");
         assert_eq!(rest, "host=h dbname=db");
         assert_eq!(mode.as_deref(), Some("verify-ca"));
         assert_eq!(root.as_deref(), Some("/etc/ca%20x.pem"));
@@ -383,9 +383,13 @@ mod tests {
         .err()
         .unwrap();
         assert!(!err.to_string().contains("s3cret"), "{err}");
-        let err = Target::parse("postgres://ann:s3cret@db:notaport/chat", None, Duration::from_secs(5))
-            .err()
-            .unwrap();
+        let err = Target::parse(
+            "postgres://ann:s3cret@db:notaport/chat",
+            None,
+            Duration::from_secs(5),
+        )
+        .err()
+        .unwrap();
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

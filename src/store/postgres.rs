@@ -247,10 +247,13 @@ impl PgStore {
         let stmt = client
             .prepare_cached("SELECT members, created_at FROM chats WHERE chat_id = $1")
             .await?;
-        Ok(client.query_opt(&stmt, &[chat]).await?.map(|row| ChatRecord {
-            members: row.get(0),
-            created_at: row.get(1),
-        }))
+        Ok(client
+            .query_opt(&stmt, &[chat])
+            .await?
+            .map(|row| ChatRecord {
+                members: row.get(0),
+                created_at: row.get(1),
+            }))
     }
 
     /// See [`super::Store::create_chat`]: durable when it returns. One chat
@@ -369,9 +372,17 @@ impl PgStore {
             stored.insert((m.chat, m.user_id.clone(), m.client_id.clone()), m);
         }
         let mut out = Vec::with_capacity(appends.len());
-        for Append { mut message, dedupe } in appends {
+        for Append {
+            mut message,
+            dedupe,
+        } in appends
+        {
             if dedupe {
-                let key = (message.chat, message.user_id.clone(), message.client_id.clone());
+                let key = (
+                    message.chat,
+                    message.user_id.clone(),
+                    message.client_id.clone(),
+                );
                 if let Some(m) = stored.get(&key) {
                     out.push(Outcome::Existing(m.clone()));
                     continue;
@@ -439,7 +450,13 @@ impl PgStore {
     }
 
     /// Committed messages with `first <= seq <= last`, at most `limit`.
-    pub async fn read(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
+    pub async fn read(
+        &self,
+        chat: &Uuid,
+        first: u64,
+        last: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(&format!(
@@ -448,7 +465,10 @@ impl PgStore {
             ))
             .await?;
         let rows = client
-            .query(&stmt, &[chat, &db_seq(first), &db_seq(last), &(limit as i64)])
+            .query(
+                &stmt,
+                &[chat, &db_seq(first), &db_seq(last), &(limit as i64)],
+            )
             .await?;
         Ok(rows.iter().map(message).collect())
     }
@@ -456,7 +476,13 @@ impl PgStore {
     /// See [`super::Store::page`]. Reads what is committed, whichever
     /// replica wrote it: a Send acknowledged by one replica is in the next
     /// History page of every other.
-    pub async fn page(&self, chat: &Uuid, before: Option<u64>, after: Option<u64>, limit: usize) -> Result<Page> {
+    pub async fn page(
+        &self,
+        chat: &Uuid,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page> {
         let client = self.pool.get().await?;
         match after {
             Some(after) => {
@@ -482,7 +508,9 @@ impl PgStore {
                     ))
                     .await?;
                 let before = before.map_or(i64::MAX, db_seq);
-                let rows = client.query(&stmt, &[chat, &before, &(limit as i64)]).await?;
+                let rows = client
+                    .query(&stmt, &[chat, &before, &(limit as i64)])
+                    .await?;
                 let messages: Vec<Message> = rows.iter().rev().map(message).collect();
                 // Seqs are gap-free from 1.
                 let has_more = messages.first().is_some_and(|m| m.seq > 1);
@@ -491,7 +519,11 @@ impl PgStore {
         }
     }
 
-    pub async fn chats_after(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, ChatRecord)>> {
+    pub async fn chats_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, ChatRecord)>> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -554,8 +586,11 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Live replicas append to this chat too: hold its counter row.
-        tx.query("SELECT 1 FROM chats WHERE chat_id = $1 FOR UPDATE", &[&chat])
-            .await?;
+        tx.query(
+            "SELECT 1 FROM chats WHERE chat_id = $1 FOR UPDATE",
+            &[&chat],
+        )
+        .await?;
         let out: Vec<Outcome> = messages.into_iter().map(Outcome::Stored).collect();
         let rows = Rows::of(&out);
         tx.execute(

@@ -200,7 +200,12 @@ impl SledStore {
         Ok(id)
     }
 
-    fn insert_chat(&self, chat: &Uuid, record: &ChatRecord, members_key: Option<&[u8]>) -> Result<()> {
+    fn insert_chat(
+        &self,
+        chat: &Uuid,
+        record: &ChatRecord,
+        members_key: Option<&[u8]>,
+    ) -> Result<()> {
         let value = ChatValue {
             members: record.members.clone(),
             created_at: record.created_at,
@@ -311,7 +316,13 @@ impl SledStore {
     /// about to be appended at `seq`, or returns the message already stored
     /// under it. A key left stale by a crash (see the module docs) is
     /// claimed anew. The caller holds the chat's append lock.
-    fn claim(&self, chat: &Uuid, user_id: &str, client_id: &str, seq: u64) -> Result<Option<Message>> {
+    fn claim(
+        &self,
+        chat: &Uuid,
+        user_id: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<Message>> {
         let key = dedupe_key(chat, user_id, client_id);
         let new = seq.to_be_bytes();
         let Err(taken) = self
@@ -363,7 +374,13 @@ impl SledStore {
     }
 
     /// One History page (see [`super::Store::page`]).
-    pub fn page(&self, chat: &Uuid, before: Option<u64>, after: Option<u64>, limit: usize) -> Result<Page> {
+    pub fn page(
+        &self,
+        chat: &Uuid,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page> {
         let durable = self.durable(chat)?;
         match after {
             Some(after) => {
@@ -384,7 +401,11 @@ impl SledStore {
 }
 
 impl SledStore {
-    pub fn chats_after(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, ChatRecord)>> {
+    pub fn chats_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, ChatRecord)>> {
         let start = match after {
             // The smallest key after the chat's own.
             Some(chat) => [&chat_key(&chat)[..], &[0]].concat(),
@@ -396,7 +417,9 @@ impl SledStore {
             if key.first() != Some(&CHAT) || out.len() >= limit {
                 break;
             }
-            let Ok(id) = Uuid::from_slice(&key[1..]) else { continue };
+            let Ok(id) = Uuid::from_slice(&key[1..]) else {
+                continue;
+            };
             let v = decode::<ChatValue>(&key, &value)?;
             out.push((
                 id,
@@ -553,7 +576,11 @@ mod tests {
                 store.stage(append(&b, "")).unwrap();
             }
         }
-        assert_eq!(store.read(&a, 1, 300, 10).unwrap(), [], "nothing before the flush");
+        assert_eq!(
+            store.read(&a, 1, 300, 10).unwrap(),
+            [],
+            "nothing before the flush"
+        );
         store.commit(vec![]).await.unwrap();
         // The flush made them durable, but only a commit that carried them
         // moves the durable seq: a fresh handle reads them from disk.
@@ -569,7 +596,10 @@ mod tests {
             seqs(store.read(&a, 254, 258, 100).unwrap()),
             [254, 255, 256, 257, 258]
         );
-        assert_eq!(seqs(store.read(&a, 299, u64::MAX, 100).unwrap()), [299, 300]);
+        assert_eq!(
+            seqs(store.read(&a, 299, u64::MAX, 100).unwrap()),
+            [299, 300]
+        );
         assert_eq!(seqs(store.read(&a, 1, 300, 3).unwrap()), [1, 2, 3]);
         assert_eq!(
             seqs(store.read(&b, 9, 20, 100).unwrap()),

@@ -32,19 +32,34 @@ pub async fn pg_url(dir: &Path) -> Option<String> {
         Ok("sled") | Err(_) => return None,
         Ok(other) => panic!("CHAT_TEST_STORE={other}: use sled or postgres"),
     }
-    let admin = std::env::var("CHAT_TEST_PG_URL")
-        .expect("CHAT_TEST_STORE=postgres needs CHAT_TEST_PG_URL (scripts/test sets both)");
+    Some(pg_database(dir).await)
+}
+
+/// The URL of the throwaway test cluster (superuser). Tests of replicas
+/// need it in every pass: without it they fail, they do not skip.
+pub fn pg_admin() -> String {
+    std::env::var("CHAT_TEST_PG_URL").expect(
+        "CHAT_TEST_PG_URL must name a throwaway PostgreSQL cluster (scripts/test starts one)",
+    )
+}
+
+/// The URL of `dir`'s own database on the test cluster, created on first use.
+pub async fn pg_database(dir: &Path) -> String {
+    let admin = pg_admin();
     let name = db_name(dir);
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
         .expect("the test cluster answers");
     tokio::spawn(conn);
-    match client.batch_execute(&format!("CREATE DATABASE {name}")).await {
+    match client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+    {
         Ok(()) => {}
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
         Err(e) => panic!("cannot create the test database: {e}"),
     }
-    Some(with_database(&admin, &name))
+    with_database(&admin, &name)
 }
 
 /// A database name for a test dir: stable for the dir, unique per test.
