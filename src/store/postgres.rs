@@ -714,6 +714,7 @@ fn is_unreachable(e: &StoreError) -> bool {
             !msg.contains("password authentication failed")
                 && !msg.contains("does not exist")
                 && !msg.contains("no pg_hba.conf entry")
+                && !msg.contains("invalid peer certificate")
         }
         _ => false,
     }
@@ -723,7 +724,17 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) => StoreError::Postgres(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Postgres(e.to_string()),
+            None => {
+                // The driver's message alone says "error performing TLS
+                // handshake"; the cause (which certificate check) is below.
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    msg.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                StoreError::Postgres(msg)
+            }
         }
     }
 }

@@ -7,6 +7,10 @@
 //! table and writes the figures as JSON. `--quick` runs each scenario for
 //! about a second (CI runs it so the tool never rots); the default is the
 //! full run. Ratios, not absolute numbers, are what compare across runs.
+//! Scenario 9 ([`postgres`]) measures the PostgreSQL store on a throwaway
+//! cluster it starts with `scripts/pg-cluster`.
+
+mod postgres;
 
 use std::{
     collections::BTreeMap,
@@ -51,6 +55,9 @@ struct Args {
     /// The server binary (default: `chat` next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// The script that starts a throwaway PostgreSQL cluster (scenario 9).
+    #[arg(long, default_value = "scripts/pg-cluster")]
+    pg_cluster: PathBuf,
 }
 
 /// Latency and throughput of one measured load.
@@ -181,6 +188,12 @@ struct ServerProc {
 
 impl ServerProc {
     async fn start(bin: &Path, dir: &Path, pin: bool) -> Result<ServerProc, BoxError> {
+        let dir = dir.to_str().ok_or("a data dir that is not UTF-8")?;
+        ServerProc::start_args(bin, &["--data-dir", dir], pin).await
+    }
+
+    /// Starts the server with `args` after the common ones (store, data dir).
+    async fn start_args(bin: &Path, args: &[&str], pin: bool) -> Result<ServerProc, BoxError> {
         let mut cmd = if pin {
             let mut c = tokio::process::Command::new("taskset");
             c.args(["-c", "0"]).arg(bin);
@@ -196,9 +209,8 @@ impl ServerProc {
                 "json",
                 "--max-concurrent-streams",
                 "2000",
-                "--data-dir",
             ])
-            .arg(dir)
+            .args(args)
             .env("RUST_LOG", "warn,chat=info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -1139,6 +1151,11 @@ fn main() -> Result<(), BoxError> {
             scenario6(&mut report, &bin, args.quick, pin)
                 .await
                 .map_err(|e| format!("scenario 6: {e}"))?;
+        }
+        if wanted(9) {
+            postgres::scenario9(&mut report, &bin, &args.pg_cluster, args.quick, pin)
+                .await
+                .map_err(|e| format!("scenario 9: {e}"))?;
         }
         std::fs::write(
             &args.json,
