@@ -40,9 +40,9 @@
 //!    look up the group's idempotency keys;
 //! 2. in memory: a found key answers with the stored message; every other
 //!    message takes the next seq of its chat;
-//! 3. insert the messages, move the counter rows, and notify the other
+//! 3. insert the messages, move the counter rows, notify the other
 //!    replicas ([`super::bus`]; one notification per group, not per
-//!    message), pipelined; then commit.
+//!    message) and commit, pipelined: two round trips in all.
 //!
 //! The counter row stays locked from seq allocation to commit, so seqs
 //! commit in order: whoever can read seq N can read every seq below it
@@ -50,10 +50,13 @@
 //! send burns no number. The unique index makes a duplicate impossible even
 //! if the lookup were wrong.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
-use futures_util::future::{try_join, try_join3};
-use tokio_postgres::Row;
+use futures_util::future::{try_join3, try_join4};
+use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
 
 use super::{
@@ -319,112 +322,46 @@ impl PgStore {
     }
 
     async fn commit_group(&self, appends: Vec<Append>) -> Result<Vec<Outcome>> {
-        let mut client = self.pool.get().await?;
-        let lock = client
-            .prepare_cached(
-                "SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1)
-                 ORDER BY chat_id FOR UPDATE",
-            )
-            .await?;
-        let find = client
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE (chat_id, user_id, client_id) IN
-                   (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))"
-            ))
-            .await?;
-        let insert = client
-            .prepare_cached(&format!(
-                "INSERT INTO messages ({MESSAGE_COLUMNS})
-                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[],
-                                      $5::text[], $6::int8[], $7::text[], $8::text[])"
-            ))
-            .await?;
-        let bump = client
-            .prepare_cached(
-                "UPDATE chats SET last_seq = v.last
-                 FROM unnest($1::uuid[], $2::int8[]) AS v(chat_id, last)
-                 WHERE chats.chat_id = v.chat_id",
-            )
-            .await?;
-        let notify = client
-            .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-            .await?;
-
-        let tx = client.transaction().await?;
-        let mut chats: Vec<Uuid> = appends.iter().map(|a| a.message.chat).collect();
-        chats.sort_unstable();
-        chats.dedup();
-        let keyed = appends.iter().filter(|a| a.dedupe).map(|a| &a.message);
-        let key_chats: Vec<Uuid> = keyed.clone().map(|m| m.chat).collect();
-        let key_users: Vec<&str> = keyed.clone().map(|m| m.user_id.as_str()).collect();
-        let key_clients: Vec<&str> = keyed.map(|m| m.client_id.as_str()).collect();
-        let (locked, found) = try_join(
-            tx.query(&lock, &[&chats]),
-            tx.query(&find, &[&key_chats, &key_users, &key_clients]),
-        )
-        .await?;
-
-        let mut last: HashMap<Uuid, i64> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let mut stored: HashMap<(Uuid, String, String), Message> = HashMap::new();
-        for row in &found {
-            let m = message(row);
-            stored.insert((m.chat, m.user_id.clone(), m.client_id.clone()), m);
+        let client = self.pool.get().await?;
+        let statements = GroupStatements {
+            lock: client
+                .prepare_cached(
+                    "SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1)
+                     ORDER BY chat_id FOR UPDATE",
+                )
+                .await?,
+            find: client
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE (chat_id, user_id, client_id) IN
+                       (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))"
+                ))
+                .await?,
+            insert: client
+                .prepare_cached(&format!(
+                    "INSERT INTO messages ({MESSAGE_COLUMNS})
+                     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[],
+                                          $5::text[], $6::int8[], $7::text[], $8::text[])"
+                ))
+                .await?,
+            bump: client
+                .prepare_cached(
+                    "UPDATE chats SET last_seq = v.last
+                     FROM unnest($1::uuid[], $2::int8[]) AS v(chat_id, last)
+                     WHERE chats.chat_id = v.chat_id",
+                )
+                .await?,
+            notify: client
+                .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .await?,
+        };
+        let result = append_group(&client, &statements, appends).await;
+        if result.is_err() {
+            // The connection goes back to the pool: not inside a transaction.
+            // (A broken one fails here too and is then dropped by the pool.)
+            let _ = client.batch_execute("ROLLBACK").await;
         }
-        let mut out = Vec::with_capacity(appends.len());
-        for Append {
-            mut message,
-            dedupe,
-        } in appends
-        {
-            if dedupe {
-                let key = (
-                    message.chat,
-                    message.user_id.clone(),
-                    message.client_id.clone(),
-                );
-                if let Some(m) = stored.get(&key) {
-                    out.push(Outcome::Existing(m.clone()));
-                    continue;
-                }
-                // A twin later in this same group finds this one.
-                message.seq = next_seq(&mut last, &message.chat)?;
-                stored.insert(key, message.clone());
-            } else {
-                message.seq = next_seq(&mut last, &message.chat)?;
-            }
-            out.push(Outcome::Stored(message));
-        }
-        let rows = Rows::of(&out);
-        if !rows.chat.is_empty() {
-            let (chat_ids, lasts): (Vec<Uuid>, Vec<i64>) = chats
-                .iter()
-                .filter(|c| rows.chat.contains(c))
-                .map(|c| (*c, last[c]))
-                .unzip();
-            let wake = bus::encode(chat_ids.iter().zip(lasts.iter().map(|&s| s as u64)));
-            try_join3(
-                tx.execute(
-                    &insert,
-                    &[
-                        &rows.chat,
-                        &rows.seq,
-                        &rows.id,
-                        &rows.user,
-                        &rows.client,
-                        &rows.sent_at,
-                        &rows.subject,
-                        &rows.text,
-                    ],
-                ),
-                tx.execute(&bump, &[&chat_ids, &lasts]),
-                // Delivered to listeners only if and when this commits.
-                tx.query(&notify, &[&bus::CHANNEL, &wake]),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        result
     }
 
     pub async fn last_seq(&self, chat: &Uuid) -> Result<u64> {
@@ -643,6 +580,107 @@ impl PgStore {
             Ok(Ok(()))
         )
     }
+}
+
+/// The statements of [`PgStore::commit`], prepared once per connection.
+struct GroupStatements {
+    lock: Statement,
+    find: Statement,
+    insert: Statement,
+    bump: Statement,
+    notify: Statement,
+}
+
+/// One group in one transaction, in two round trips: `BEGIN`, the counter
+/// row locks and the idempotency lookup are pipelined (each runs after the
+/// one before, on the server); then the inserts, the counter updates, the
+/// notification and `COMMIT`. Fewer round trips is a shorter time holding
+/// the counter rows, which is what other replicas writing to the same
+/// chats wait for. Pipelining `COMMIT` behind statements whose results are
+/// still unknown is safe: if one fails, the transaction is aborted (its
+/// `COMMIT` only rolls back) and the error is returned.
+async fn append_group(
+    client: &tokio_postgres::Client,
+    st: &GroupStatements,
+    appends: Vec<Append>,
+) -> Result<Vec<Outcome>> {
+    let mut chats: Vec<Uuid> = appends.iter().map(|a| a.message.chat).collect();
+    chats.sort_unstable();
+    chats.dedup();
+    let keyed = appends.iter().filter(|a| a.dedupe).map(|a| &a.message);
+    let key_chats: Vec<Uuid> = keyed.clone().map(|m| m.chat).collect();
+    let key_users: Vec<&str> = keyed.clone().map(|m| m.user_id.as_str()).collect();
+    let key_clients: Vec<&str> = keyed.map(|m| m.client_id.as_str()).collect();
+    let ((), locked, found) = try_join3(
+        client.batch_execute("BEGIN"),
+        client.query(&st.lock, &[&chats]),
+        client.query(&st.find, &[&key_chats, &key_users, &key_clients]),
+    )
+    .await?;
+
+    let mut last: HashMap<Uuid, i64> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut stored: HashMap<(Uuid, String, String), Message> = HashMap::new();
+    for row in &found {
+        let m = message(row);
+        stored.insert((m.chat, m.user_id.clone(), m.client_id.clone()), m);
+    }
+    let mut out = Vec::with_capacity(appends.len());
+    for Append {
+        mut message,
+        dedupe,
+    } in appends
+    {
+        if dedupe {
+            let key = (
+                message.chat,
+                message.user_id.clone(),
+                message.client_id.clone(),
+            );
+            if let Some(m) = stored.get(&key) {
+                out.push(Outcome::Existing(m.clone()));
+                continue;
+            }
+            // A twin later in this same group finds this one.
+            message.seq = next_seq(&mut last, &message.chat)?;
+            stored.insert(key, message.clone());
+        } else {
+            message.seq = next_seq(&mut last, &message.chat)?;
+        }
+        out.push(Outcome::Stored(message));
+    }
+    let rows = Rows::of(&out);
+    if rows.chat.is_empty() {
+        client.batch_execute("COMMIT").await?;
+        return Ok(out);
+    }
+    let touched: HashSet<&Uuid> = rows.chat.iter().collect();
+    let (chat_ids, lasts): (Vec<Uuid>, Vec<i64>) = chats
+        .iter()
+        .filter(|c| touched.contains(c))
+        .map(|c| (*c, last[c]))
+        .unzip();
+    let wake = bus::encode(chat_ids.iter().zip(lasts.iter().map(|&s| s as u64)));
+    try_join4(
+        client.execute(
+            &st.insert,
+            &[
+                &rows.chat,
+                &rows.seq,
+                &rows.id,
+                &rows.user,
+                &rows.client,
+                &rows.sent_at,
+                &rows.subject,
+                &rows.text,
+            ],
+        ),
+        client.execute(&st.bump, &[&chat_ids, &lasts]),
+        // Delivered to listeners only if and when this commits.
+        client.query(&st.notify, &[&bus::CHANNEL, &wake]),
+        client.batch_execute("COMMIT"),
+    )
+    .await?;
+    Ok(out)
 }
 
 /// Columns of the messages being inserted, one array each (for `unnest`),
