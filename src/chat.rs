@@ -159,7 +159,17 @@ struct Commit {
     /// A message to commit and its chat; none for a barrier (New on a
     /// backend whose writes become durable with the next commit).
     staged: Option<(Staged, Arc<ChatState>)>,
-    done: oneshot::Sender<Result<Option<Outcome>, String>>,
+    done: oneshot::Sender<Result<Answer, String>>,
+}
+
+/// What the committer tells a waiting request once its commit is done.
+enum Answer {
+    /// Stored and published (the same `Arc` the live streams got).
+    Stored(Arc<Message>),
+    /// Already stored under its idempotency key (see [`Outcome::Existing`]).
+    Existing { stored: Message, same: bool },
+    /// A barrier: everything before it is durable.
+    Durable,
 }
 
 impl Chats {
@@ -294,26 +304,24 @@ impl Chats {
             },
             dedupe,
         };
-        let staged = self.shared.store.stage(append.clone())?;
-        let outcome = wait_commit(self.queue_commit(Some((staged, chat)))).await?;
-        match outcome {
-            Some(Outcome::Stored(msg)) => Ok(Arc::new(msg)),
-            Some(Outcome::Existing(stored)) => {
-                let asked = &append.message;
-                if stored.subject != asked.subject || stored.text != asked.text {
+        let staged = self.shared.store.stage(append)?;
+        match wait_commit(self.queue_commit(Some((staged, chat)))).await? {
+            Answer::Stored(msg) => Ok(msg),
+            Answer::Existing { stored, same } => {
+                if !same {
                     return Err(Error::AlreadyExists(
                         "chat.Send.ClientIDReused",
                         format!(
                             "client_id {:?} was already used by this user in this chat for a \
                              message with a different subject or text; use a new client_id",
-                            asked.client_id
+                            stored.client_id
                         ),
                     ));
                 }
                 self.shared.metrics.idempotent_replays.fetch_add(1, Relaxed);
                 Ok(Arc::new(stored))
             }
-            None => Err(Error::Unavailable(
+            Answer::Durable => Err(Error::Unavailable(
                 "the message was not committed; retry with the same client_id".into(),
             )),
         }
@@ -450,7 +458,7 @@ impl Chats {
     fn queue_commit(
         &self,
         staged: Option<(Staged, Arc<ChatState>)>,
-    ) -> oneshot::Receiver<Result<Option<Outcome>, String>> {
+    ) -> oneshot::Receiver<Result<Answer, String>> {
         let (done, rx) = oneshot::channel();
         // A send error means the committer is gone; the dropped `done` then
         // reports it to `wait_commit`.
@@ -519,9 +527,7 @@ impl Chats {
     }
 }
 
-async fn wait_commit(
-    rx: oneshot::Receiver<Result<Option<Outcome>, String>>,
-) -> Result<Option<Outcome>> {
+async fn wait_commit(rx: oneshot::Receiver<Result<Answer, String>>) -> Result<Answer> {
     match rx.await {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) => Err(Error::Unavailable(format!(
@@ -598,20 +604,23 @@ async fn commit_loop(
         metrics.flush_latency.observe(started.elapsed());
         match committed {
             Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter().zip(states);
+                let mut outcomes = outcomes.into_iter().zip(states).peekable();
                 for (has, done) in answers {
-                    let outcome = match has {
-                        true => outcomes.next().map(|(outcome, state)| {
-                            if let Outcome::Stored(msg) = &outcome {
-                                state.publish(Arc::new(msg.clone()));
-                                state.advance(msg.seq);
-                                metrics.messages_stored.fetch_add(1, Relaxed);
-                            }
-                            outcome
-                        }),
-                        false => None,
+                    let answer = match (has, outcomes.next_if(|_| has)) {
+                        (true, Some((Outcome::Stored(msg), state))) => {
+                            let msg = Arc::new(msg);
+                            let seq = msg.seq;
+                            state.publish(msg.clone());
+                            state.advance(seq);
+                            metrics.messages_stored.fetch_add(1, Relaxed);
+                            Answer::Stored(msg)
+                        }
+                        (true, Some((Outcome::Existing { stored, same }, _))) => {
+                            Answer::Existing { stored, same }
+                        }
+                        _ => Answer::Durable,
                     };
-                    let _ = done.send(Ok(outcome));
+                    let _ = done.send(Ok(answer));
                 }
             }
             Err(e) => {

@@ -44,8 +44,10 @@ pub struct Append {
 pub enum Outcome {
     /// Stored now, under a new seq.
     Stored(Message),
-    /// The (chat, user, client_id) was already stored: that message, untouched.
-    Existing(Message),
+    /// The (chat, user, client_id) was already stored: that message,
+    /// untouched, and whether its subject and text are the ones asked for
+    /// (a retry) or not (the client_id reused for something else).
+    Existing { stored: Message, same: bool },
 }
 
 /// The canonical key of a member set: sorted, deduplicated ids, each

@@ -64,8 +64,9 @@ pub struct Page {
 pub enum Staged {
     /// Written under its seq, not yet durable (sled).
     Written(Message),
-    /// Its idempotency key was already stored: that message (sled).
-    Existing(Message),
+    /// Its idempotency key was already stored: that message, and whether
+    /// the content asked for is the same (sled).
+    Existing { stored: Message, same: bool },
     /// Nothing done yet: the commit appends it (PostgreSQL).
     Deferred(Append),
 }

@@ -304,7 +304,7 @@ impl PgStore {
             match staged {
                 Staged::Deferred(a) => appends.push(a),
                 // Not made by this backend's stage.
-                Staged::Written(m) | Staged::Existing(m) => {
+                Staged::Written(m) | Staged::Existing { stored: m, .. } => {
                     return Err(StoreError::Postgres(format!(
                         "message {} was staged by another backend",
                         m.id
@@ -637,7 +637,11 @@ async fn append_group(
                 message.client_id.clone(),
             );
             if let Some(m) = stored.get(&key) {
-                out.push(Outcome::Existing(m.clone()));
+                let same = m.subject == message.subject && m.text == message.text;
+                out.push(Outcome::Existing {
+                    stored: m.clone(),
+                    same,
+                });
                 continue;
             }
             // A twin later in this same group finds this one.
@@ -702,7 +706,7 @@ impl<'a> Rows<'a> {
         let mut rows = Rows::default();
         for m in out.iter().filter_map(|o| match o {
             Outcome::Stored(m) => Some(m),
-            Outcome::Existing(_) => None,
+            Outcome::Existing { .. } => None,
         }) {
             rows.chat.push(m.chat);
             rows.seq.push(m.seq as i64);

@@ -259,7 +259,8 @@ impl SledStore {
         let seq = seqs.written + 1;
         if dedupe {
             if let Some(stored) = self.claim(&msg.chat, &msg.user_id, &msg.client_id, seq)? {
-                return Ok(Staged::Existing(stored));
+                let same = stored.subject == msg.subject && stored.text == msg.text;
+                return Ok(Staged::Existing { stored, same });
             }
         }
         msg.seq = seq;
@@ -275,18 +276,30 @@ impl SledStore {
     pub async fn commit(&self, batch: Vec<Staged>) -> Result<Vec<Outcome>> {
         self.flush().await?;
         let mut out = Vec::with_capacity(batch.len());
+        // The highest seq written per chat: one durable-seq update per chat.
+        let mut durable: HashMap<Uuid, u64> = HashMap::new();
         for staged in batch {
             out.push(match staged {
                 Staged::Written(msg) => {
-                    if let Ok(state) = self.chat_seqs(&msg.chat) {
-                        let mut s = lock(&state);
-                        s.durable = s.durable.max(msg.seq);
-                    }
+                    let d = durable.entry(msg.chat).or_default();
+                    *d = (*d).max(msg.seq);
                     Outcome::Stored(msg)
                 }
-                Staged::Existing(msg) => Outcome::Existing(msg),
-                Staged::Deferred(_) => unreachable!("sled stages nothing for later"),
+                Staged::Existing { stored, same } => Outcome::Existing { stored, same },
+                Staged::Deferred(a) => {
+                    return Err(StoreError::Config(format!(
+                        "message {} was staged by another backend",
+                        a.message.id
+                    )))
+                }
             });
+        }
+        let seqs = lock(&self.seqs);
+        for (chat, seq) in durable {
+            if let Some(state) = seqs.chats.get(&chat) {
+                let mut s = lock(state);
+                s.durable = s.durable.max(seq);
+            }
         }
         Ok(out)
     }
@@ -560,7 +573,7 @@ mod tests {
         let staged = store.stage(append(chat, client_id)).unwrap();
         match store.commit(vec![staged]).await.unwrap().pop().unwrap() {
             Outcome::Stored(m) => (m.seq, false),
-            Outcome::Existing(m) => (m.seq, true),
+            Outcome::Existing { stored, .. } => (stored.seq, true),
         }
     }
 
