@@ -677,7 +677,13 @@ async fn follow_loop(
         let followed: Vec<Arc<ChatState>> = {
             let live = lock(&chats.shared.live);
             if resync {
-                live.chats.values().cloned().collect()
+                // Only chats with live streams: History and new streams
+                // read the store's own last seq.
+                live.chats
+                    .values()
+                    .filter(|s| s.durable.receiver_count() > 0)
+                    .cloned()
+                    .collect()
             } else {
                 wanted
                     .keys()

@@ -10,7 +10,7 @@
 //!     members    text[] NOT NULL,          -- sorted; empty: an open chat
 //!     created_at bigint NOT NULL,          -- unix seconds
 //!     last_seq   bigint NOT NULL DEFAULT 0 -- the counter row: the chat's last committed seq
-//! );
+//! ) WITH (fillfactor = 50);  -- room on each page, so that counter updates stay HOT
 //! CREATE TABLE member_sets (               -- New's idempotency
 //!     members_digest bytea PRIMARY KEY,    -- sha256 of the canonical member-set key
 //!     chat_id        uuid NOT NULL
@@ -78,7 +78,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
         members text[] NOT NULL,
         created_at bigint NOT NULL,
         last_seq bigint NOT NULL DEFAULT 0
-    );
+    ) WITH (fillfactor = 50);
     CREATE TABLE member_sets (
         members_digest bytea PRIMARY KEY,
         chat_id uuid NOT NULL
