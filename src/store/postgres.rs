@@ -337,13 +337,7 @@ impl PgStore {
                        (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))"
                 ))
                 .await?,
-            insert: client
-                .prepare_cached(&format!(
-                    "INSERT INTO messages ({MESSAGE_COLUMNS})
-                     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[],
-                                          $5::text[], $6::int8[], $7::text[], $8::text[])"
-                ))
-                .await?,
+            insert: client.prepare_cached(&insert_messages()).await?,
             bump: client
                 .prepare_cached(
                     "UPDATE chats SET last_seq = v.last
@@ -531,22 +525,8 @@ impl PgStore {
         let out: Vec<Outcome> = messages.into_iter().map(Outcome::Stored).collect();
         let rows = Rows::of(&out);
         tx.execute(
-            &format!(
-                "INSERT INTO messages ({MESSAGE_COLUMNS})
-                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[],
-                                      $5::text[], $6::int8[], $7::text[], $8::text[])
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[
-                &rows.chat,
-                &rows.seq,
-                &rows.id,
-                &rows.user,
-                &rows.client,
-                &rows.sent_at,
-                &rows.subject,
-                &rows.text,
-            ],
+            &format!("{} ON CONFLICT DO NOTHING", insert_messages()),
+            &rows.params(),
         )
         .await?;
         let last: i64 = tx
@@ -665,19 +645,7 @@ async fn append_group(
         .unzip();
     let wake = bus::encode(chat_ids.iter().zip(lasts.iter().map(|&s| s as u64)));
     try_join4(
-        client.execute(
-            &st.insert,
-            &[
-                &rows.chat,
-                &rows.seq,
-                &rows.id,
-                &rows.user,
-                &rows.client,
-                &rows.sent_at,
-                &rows.subject,
-                &rows.text,
-            ],
-        ),
+        client.execute(&st.insert, &rows.params()),
         client.execute(&st.bump, &[&chat_ids, &lasts]),
         // Delivered to listeners only if and when this commits.
         client.query(&st.notify, &[&bus::CHANNEL, &wake]),
@@ -701,7 +669,30 @@ struct Rows<'a> {
     text: Vec<&'a str>,
 }
 
+/// Inserts the rows of a [`Rows`] (its [`Rows::params`]).
+fn insert_messages() -> String {
+    format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS})
+         SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[],
+                              $5::text[], $6::int8[], $7::text[], $8::text[])"
+    )
+}
+
 impl<'a> Rows<'a> {
+    /// The parameters of [`insert_messages`].
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            &self.chat,
+            &self.seq,
+            &self.id,
+            &self.user,
+            &self.client,
+            &self.sent_at,
+            &self.subject,
+            &self.text,
+        ]
+    }
+
     fn of(out: &'a [Outcome]) -> Rows<'a> {
         let mut rows = Rows::default();
         for m in out.iter().filter_map(|o| match o {
