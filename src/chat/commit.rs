@@ -1,0 +1,158 @@
+//! Group commit: senders queue what they staged; one task hands everything
+//! queued to the store at once, then publishes and answers in queue order.
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Instant,
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{fanout::ChatState, Chats};
+use crate::{
+    error::{Error, Result},
+    metrics::Metrics,
+    model::{Message, Outcome},
+    store::{Staged, Store},
+};
+
+/// How many times the committer yields to let ready requests join a group
+/// before it commits (while more keep arriving).
+const GATHER_YIELDS: usize = 4;
+
+/// A queued request for durability: answered after the next commit.
+pub(super) struct Commit {
+    /// A message to commit and its chat; none for a barrier (New on a
+    /// backend whose writes become durable with the next commit).
+    pub(super) staged: Option<(Staged, Arc<ChatState>)>,
+    pub(super) done: oneshot::Sender<Result<Answer, String>>,
+}
+
+/// What the committer tells a waiting request once its commit is done.
+pub(super) enum Answer {
+    /// Stored and published (the same `Arc` the live streams got).
+    Stored(Arc<Message>),
+    /// Already stored under its idempotency key (see [`Outcome::Existing`]).
+    Existing { stored: Message, same: bool },
+    /// A barrier: everything before it is durable.
+    Durable,
+}
+
+impl Chats {
+    pub(super) fn queue_commit(
+        &self,
+        staged: Option<(Staged, Arc<ChatState>)>,
+    ) -> oneshot::Receiver<Result<Answer, String>> {
+        let (done, rx) = oneshot::channel();
+        // A send error means the committer is gone; the dropped `done` then
+        // reports it to `wait_commit`.
+        let _ = self.shared.commits.send(Commit { staged, done });
+        rx
+    }
+}
+
+pub(super) async fn wait_commit(rx: oneshot::Receiver<Result<Answer, String>>) -> Result<Answer> {
+    match rx.await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(Error::Unavailable(format!(
+            "the store could not make the write durable ({e}); retry with the same client_id"
+        ))),
+        Err(_) => Err(Error::Unavailable(
+            "the server is shutting down; retry with the same client_id".into(),
+        )),
+    }
+}
+
+/// Owner of the committer task.
+pub struct Committer {
+    pub(super) stop: oneshot::Sender<()>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+}
+
+impl Committer {
+    /// Answers everything already queued (after a last commit), refuses what
+    /// comes later with `Unavailable`, and waits for the task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// The committer: one commit for everything queued while the previous one
+/// ran, then publish and answer in queue order. On `stop` it closes the
+/// queue and drains it.
+pub(super) async fn commit_loop(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Commit>,
+    mut stop: oneshot::Receiver<()>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::new();
+    let mut stopping = false;
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, 4096) => n,
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        // Let the requests that are ready to run stage first, so that this
+        // commit covers them too: bigger groups, fewer fsyncs.
+        for _ in 0..GATHER_YIELDS {
+            tokio::task::yield_now().await;
+            if rx.is_empty() {
+                break;
+            }
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+        }
+        let mut states = Vec::new();
+        let mut staged = Vec::new();
+        let mut answers = Vec::with_capacity(batch.len());
+        for commit in batch.drain(..) {
+            let has = commit.staged.is_some();
+            if let Some((s, state)) = commit.staged {
+                staged.push(s);
+                states.push(state);
+            }
+            answers.push((has, commit.done));
+        }
+        let started = Instant::now();
+        let committed = store.commit(staged).await.map_err(|e| e.to_string());
+        metrics.flush_latency.observe(started.elapsed());
+        match committed {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter().zip(states).peekable();
+                for (has, done) in answers {
+                    let answer = match (has, outcomes.next_if(|_| has)) {
+                        (true, Some((Outcome::Stored(msg), state))) => {
+                            let msg = Arc::new(msg);
+                            let seq = msg.seq;
+                            state.publish(msg.clone());
+                            state.advance(seq);
+                            metrics.messages_stored.fetch_add(1, Relaxed);
+                            Answer::Stored(msg)
+                        }
+                        (true, Some((Outcome::Existing { stored, same }, _))) => {
+                            Answer::Existing { stored, same }
+                        }
+                        _ => Answer::Durable,
+                    };
+                    let _ = done.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; senders are told to retry");
+                for (_, done) in answers {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Live fan-out: each chat's durable seq and window of recent messages, the
+//! subscriptions that read them, and the follower that brings in what other
+//! replicas commit.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::{invalid, Chats, Draft};
+use crate::{
+    error::{Error, Result},
+    model::Message,
+    store::{bus::Wake, lock},
+};
+
+/// Messages kept in memory per chat for live streams, so that a stream that
+/// keeps up never reads the store. Older ones are read from the store.
+const RECENT: usize = 256;
+/// ...and at most this many bytes of subject and text, so that large
+/// messages cannot make the window big (256 × 64 KiB would be 16 MiB a chat).
+const RECENT_BYTES: usize = 1 << 20;
+/// How often followed chats are compared with the store, in case a wake-up
+/// from another replica was lost.
+const RESYNC_EVERY: Duration = Duration::from_secs(2);
+
+/// In-memory state of one chat.
+pub(super) struct ChatState {
+    pub(super) id: Uuid,
+    /// Sorted; empty for an open chat.
+    pub(super) members: Vec<String>,
+    /// The last seq known durable and published. Live streams wait on it.
+    pub(super) durable: watch::Sender<u64>,
+    /// The newest durable messages, contiguous in seq, while streams are open.
+    pub(super) recent: Mutex<Recent>,
+}
+
+/// The in-memory window of a chat's newest durable messages.
+#[derive(Default)]
+pub(super) struct Recent {
+    messages: VecDeque<Arc<Message>>,
+    /// Subject and text bytes in `messages`.
+    bytes: usize,
+}
+
+impl Recent {
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    /// Appends, dropping the oldest past [`RECENT`] messages or [`RECENT_BYTES`].
+    fn push(&mut self, msg: Arc<Message>) {
+        self.bytes += msg.subject.len() + msg.text.len();
+        self.messages.push_back(msg);
+        while self.messages.len() > RECENT || (self.bytes > RECENT_BYTES && self.messages.len() > 1)
+        {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.subject.len() + old.text.len();
+            }
+        }
+    }
+}
+
+impl ChatState {
+    pub(super) fn check_member(&self, error_id: &'static str, user_id: &str) -> Result<()> {
+        if self.members.is_empty()
+            || self
+                .members
+                .binary_search_by(|m| m.as_str().cmp(user_id))
+                .is_ok()
+        {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(
+                error_id,
+                format!("user {user_id:?} is not a member of chat {}", self.id),
+            ))
+        }
+    }
+
+    /// Puts a durable message in the recent window, if streams are open.
+    /// Messages may come twice (this replica's commit and the bus) and out
+    /// of order (two commit paths): the window only ever holds a contiguous
+    /// run of seqs, and starts over when a message does not follow it.
+    pub(super) fn publish(&self, msg: Arc<Message>) {
+        let mut recent = lock(&self.recent);
+        let back = recent.messages.back().map(|m| m.seq);
+        if back.is_some_and(|b| msg.seq <= b) {
+            return; // already there, or older than the window
+        }
+        if self.durable.receiver_count() == 0 || back.is_some_and(|b| b + 1 != msg.seq) {
+            // No stream to serve (the window is dropped with the last
+            // stream), or a hole: start over.
+            recent.clear();
+        }
+        if self.durable.receiver_count() > 0 {
+            recent.push(msg);
+        }
+    }
+
+    /// Raises the durable seq (never lowers it), waking live streams. Every
+    /// seq up to it must be durable: a store commits a chat's seqs in order.
+    pub(super) fn advance(&self, seq: u64) {
+        self.durable.send_if_modified(|durable| {
+            let newer = seq > *durable;
+            if newer {
+                *durable = seq;
+            }
+            newer
+        });
+    }
+}
+
+impl Chats {
+    /// Follows other replicas: reads what `wakes` announce and publishes it
+    /// to this replica's streams, and compares every followed chat with the
+    /// store on [`Wake::Resync`] and every few seconds. The returned
+    /// [`Follower`] owns the task.
+    pub fn follow(&self, wakes: mpsc::UnboundedReceiver<Wake>) -> Follower {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(follow_loop(self.clone(), wakes, stopped));
+        Follower { stop, task }
+    }
+
+    /// Reads what other replicas committed to `chat` up to `seq`, and publishes it.
+    async fn catch_up(&self, state: &Arc<ChatState>, seq: u64) -> Result<()> {
+        let durable = *state.durable.borrow();
+        if seq <= durable {
+            return Ok(());
+        }
+        if state.durable.receiver_count() == 0 || seq - durable > RECENT as u64 {
+            // Nobody to serve from memory, or too much for the window:
+            // streams read the store themselves.
+            state.advance(seq);
+            return Ok(());
+        }
+        let messages = self
+            .shared
+            .store
+            .read(&state.id, durable + 1, seq, RECENT)
+            .await?;
+        for msg in messages {
+            state.publish(Arc::new(msg));
+        }
+        state.advance(seq);
+        Ok(())
+    }
+}
+
+/// Owner of the follower task (see [`Chats::follow`]).
+pub struct Follower {
+    pub(super) stop: oneshot::Sender<()>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    /// Stops following and waits for the task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn follow_loop(
+    chats: Chats,
+    mut wakes: mpsc::UnboundedReceiver<Wake>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut timer = tokio::time::interval(RESYNC_EVERY);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut received = Vec::new();
+    loop {
+        let mut resync = false;
+        tokio::select! {
+            n = wakes.recv_many(&mut received, 4096) => if n == 0 { return },
+            _ = timer.tick() => resync = true,
+            _ = &mut stop => return,
+        }
+        // Newest seq per chat: many wake-ups for one chat cost one read.
+        let mut wanted: HashMap<Uuid, u64> = HashMap::new();
+        for wake in received.drain(..) {
+            match wake {
+                Wake::Chat(chat, seq) => {
+                    chats.shared.metrics.bus_wakeups.fetch_add(1, Relaxed);
+                    let w = wanted.entry(chat).or_default();
+                    *w = (*w).max(seq);
+                }
+                Wake::Resync => resync = true,
+            }
+        }
+        let followed: Vec<Arc<ChatState>> = {
+            let live = lock(&chats.shared.live);
+            if resync {
+                // Only chats with live streams: History and new streams
+                // read the store's own last seq.
+                live.chats
+                    .values()
+                    .filter(|s| s.durable.receiver_count() > 0)
+                    .cloned()
+                    .collect()
+            } else {
+                wanted
+                    .keys()
+                    .filter_map(|c| live.chats.get(c).cloned())
+                    .collect()
+            }
+        };
+        if resync && !followed.is_empty() {
+            let ids: Vec<Uuid> = followed.iter().map(|s| s.id).collect();
+            match chats.shared.store.last_seqs(&ids).await {
+                Ok(seqs) => {
+                    for (chat, seq) in seqs {
+                        let w = wanted.entry(chat).or_default();
+                        *w = (*w).max(seq);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot compare live chats with the store"),
+            }
+        }
+        for state in followed {
+            if let Some(&seq) = wanted.get(&state.id) {
+                if let Err(e) = chats.catch_up(&state, seq).await {
+                    tracing::warn!(error = %e, chat_id = %state.id, "cannot read new messages");
+                }
+            }
+        }
+    }
+}
+
+/// A live feed of one chat for one user (the core of Connect). Pull-based:
+/// it holds no queue, only the next seq it wants, so a reader that falls
+/// behind costs nothing and later catches up from the store, with no gap,
+/// while writers never wait for it.
+pub struct Subscription {
+    pub(super) chats: Chats,
+    pub(super) chat: Arc<ChatState>,
+    pub(super) user_id: String,
+    pub(super) next: u64,
+    pub(super) durable: watch::Receiver<u64>,
+    pub(super) closing: watch::Receiver<bool>,
+}
+
+impl Subscription {
+    /// The next messages, in seq order, each exactly once; waits while there
+    /// are none. Cancel-safe: nothing is consumed until it returns.
+    ///
+    /// # Errors
+    /// `Unavailable` when the server is shutting down; `Store`.
+    pub async fn next_batch(&mut self) -> Result<Vec<Arc<Message>>> {
+        loop {
+            if *self.closing.borrow_and_update() {
+                return Err(Error::Unavailable(format!(
+                    "the server is shutting down; reconnect with since-seq: {}",
+                    self.next - 1
+                )));
+            }
+            let durable = *self.durable.borrow_and_update();
+            if self.next <= durable {
+                let batch = self.read(durable).await?;
+                if let Some(last) = batch.last() {
+                    self.next = last.seq + 1;
+                    return Ok(batch);
+                }
+                // The store could not yet return what the watermark promises
+                // (a read replica behind, say): wait for the next change.
+            }
+            tokio::select! {
+                // The sender lives in the chat state we hold: never closed.
+                _ = self.durable.changed() => {}
+                _ = self.closing.changed() => {}
+            }
+        }
+    }
+
+    /// The chat this feed follows.
+    pub fn chat_id(&self) -> Uuid {
+        self.chat.id
+    }
+
+    /// The last seq handed out (or the `since_seq` it started after).
+    pub fn delivered(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// The chat's durable seq right now.
+    pub fn durable(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Sends a message on behalf of this stream's user, exactly like `Send`.
+    ///
+    /// # Errors
+    /// As [`Chats::send`]; `Invalid` if the draft names another chat or user.
+    pub async fn send(&self, mut draft: Draft) -> Result<Arc<Message>> {
+        let chat_id = self.chat.id.to_string();
+        if !draft.chat_id.is_empty() && draft.chat_id != chat_id {
+            return Err(invalid(
+                "chat.Connect.WrongChatID",
+                format!(
+                    "this stream is for chat {chat_id}, the message names {:?}",
+                    draft.chat_id
+                ),
+            ));
+        }
+        if !draft.user_id.is_empty() && draft.user_id != self.user_id {
+            return Err(invalid(
+                "chat.Connect.WrongUserID",
+                format!(
+                    "this stream is for user {:?}, the message names {:?}",
+                    self.user_id, draft.user_id
+                ),
+            ));
+        }
+        draft.chat_id = chat_id;
+        draft.user_id.clone_from(&self.user_id);
+        self.chats.send(draft).await
+    }
+
+    /// Messages `self.next..=durable`, at most `stream_buffer`: from the
+    /// recent window when it has them, else from the store.
+    async fn read(&self, durable: u64) -> Result<Vec<Arc<Message>>> {
+        let buffer = self.chats.shared.limits.stream_buffer as u64;
+        let want = (durable - self.next + 1).min(buffer) as usize;
+        {
+            let recent = &lock(&self.chat.recent).messages;
+            if let Some(first) = recent.front() {
+                if first.seq <= self.next {
+                    let skip = (self.next - first.seq) as usize;
+                    if skip < recent.len() {
+                        return Ok(recent.iter().skip(skip).take(want).cloned().collect());
+                    }
+                } else {
+                    self.chats
+                        .shared
+                        .metrics
+                        .lagging_reads
+                        .fetch_add(1, Relaxed);
+                }
+            }
+        }
+        let last = self.next + want as u64 - 1;
+        // Boxed: a database read is a large future, and an idle stream
+        // should not carry its space (this one is made only when reading).
+        let read = Box::pin(
+            self.chats
+                .shared
+                .store
+                .read(&self.chat.id, self.next, last, want),
+        );
+        Ok(read.await?.into_iter().map(Arc::new).collect())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.chats.shared.metrics.streams_open.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recent_window_is_bounded_by_count_and_bytes() {
+        let msg = |seq, len| {
+            Arc::new(Message {
+                seq,
+                text: "x".repeat(len),
+                ..Message::default()
+            })
+        };
+        let mut recent = Recent::default();
+        for seq in 1..=1000 {
+            recent.push(msg(seq, 10));
+        }
+        assert_eq!(recent.messages.len(), RECENT);
+        assert_eq!(
+            recent.messages.front().map(|m| m.seq),
+            Some(1000 - RECENT as u64 + 1)
+        );
+        for seq in 1001..=1100 {
+            recent.push(msg(seq, 64 * 1024));
+        }
+        assert!(recent.bytes <= RECENT_BYTES, "{}", recent.bytes);
+        assert_eq!(
+            recent.bytes,
+            recent.messages.iter().map(|m| m.text.len()).sum::<usize>()
+        );
+        assert_eq!(
+            recent.messages.back().map(|m| m.seq),
+            Some(1100),
+            "the newest is kept"
+        );
+    }
+}
