@@ -1,6 +1,6 @@
 //! PostgreSQL itself failing under the replicas: stopped with
-//! `pg_ctl -m immediate` (as a crash) under load and started again, and a
-//! database that never comes up. These tests stop the shared test cluster,
+//! `pg_ctl -m immediate`, or killed with SIGKILL, under load and started
+//! again, and a database that never comes up. These tests stop the shared test cluster,
 //! so they live in their own test binary (cargo runs binaries one at a time)
 //! and run one after another.
 
@@ -23,7 +23,7 @@ use tonic_health::pb::{
 /// One test at a time: they stop the cluster.
 static CLUSTER: AsyncMutex<()> = AsyncMutex::const_new(());
 
-/// Runs the cluster's control script (`CHAT_TEST_PG_CTL stop|start`).
+/// Runs the cluster's control script (`CHAT_TEST_PG_CTL stop|kill|start`).
 fn pg_ctl(action: &str) {
     let ctl = std::env::var("CHAT_TEST_PG_CTL")
         .expect("CHAT_TEST_PG_CTL must name the test cluster's control script (scripts/test)");
@@ -134,7 +134,9 @@ async fn database_restarts_under_load_are_survived_without_losing_an_acknowledge
             a.log_text(),
             refusals.lock().unwrap().last()
         );
-        pg_ctl("stop");
+        // A fast shutdown that skips the checkpoint, then kill -9 of every
+        // database process: both recover from the WAL at the next start.
+        pg_ctl(if cycle % 2 == 0 { "stop" } else { "kill" });
         // Readiness goes, liveness stays: the process is fine.
         wait_for_health(&a, "chat.Chat", ServingStatus::NotServing).await;
         assert_eq!(health(&b, "").await, ServingStatus::Serving);
