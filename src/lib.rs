@@ -89,6 +89,7 @@ pub enum RunError {
 /// store or address, and can keep a [`chat::Chats`] handle.
 pub struct Server {
     config: Config,
+    spec: StoreSpec,
     store: store::Store,
     chats: chat::Chats,
     committer: chat::Committer,
@@ -102,12 +103,15 @@ pub struct Server {
 ///
 /// # Errors
 /// When the store cannot be opened.
-pub async fn open_store(config: &Config) -> Result<store::Store, RunError> {
-    match config.store_spec().map_err(RunError::Store)? {
-        StoreSpec::Sled(dir) => store::sled::SledStore::open(&dir, config.cache_mb << 20)
+pub async fn open_store(config: &Config, spec: &StoreSpec) -> Result<store::Store, RunError> {
+    match spec {
+        StoreSpec::Sled(dir) => store::sled::SledStore::open(dir, config.cache_mb << 20)
             .map(store::Store::Sled)
-            .map_err(|source| RunError::Open { dir, source }),
-        StoreSpec::Postgres(opts) => store::postgres::PgStore::connect(&opts)
+            .map_err(|source| RunError::Open {
+                dir: dir.clone(),
+                source,
+            }),
+        StoreSpec::Postgres(opts) => store::postgres::PgStore::connect(opts)
             .await
             .map(store::Store::Postgres)
             .map_err(|e| RunError::Store(e.to_string())),
@@ -123,7 +127,8 @@ impl Server {
     /// not a sled database, corrupt; a database unreachable for longer than
     /// `--pg-connect-timeout`), or the metrics address cannot be bound.
     pub async fn open(config: Config) -> Result<Server, RunError> {
-        let store = open_store(&config).await?;
+        let spec = config.store_spec().map_err(RunError::Store)?;
+        let store = open_store(&config, &spec).await?;
         let metrics_listener = config
             .metrics_listen
             .map(|addr| {
@@ -134,7 +139,7 @@ impl Server {
             .transpose()
             .map_err(RunError::Metrics)?;
         let (chats, committer) = chat::Chats::start(store.clone(), config.limits());
-        let replicas = match config.store_spec().map_err(RunError::Store)? {
+        let replicas = match &spec {
             StoreSpec::Postgres(opts) => {
                 let url = opts.listen_url.as_deref().unwrap_or(&opts.url);
                 let target = store::pgconn::Target::parse(
@@ -151,6 +156,7 @@ impl Server {
         };
         Ok(Server {
             config,
+            spec,
             store,
             chats,
             committer,
@@ -178,6 +184,7 @@ impl Server {
     ) -> Result<(), RunError> {
         let Server {
             config,
+            spec,
             store,
             chats,
             committer,
@@ -219,11 +226,11 @@ impl Server {
             app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
         }
         if let Ok(addr) = listener.local_addr() {
-            match config.store_spec() {
-                Ok(StoreSpec::Postgres(opts)) => {
+            match &spec {
+                StoreSpec::Postgres(opts) => {
                     tracing::info!(%addr, store = %store::pgconn::redact(&opts.url), "serving gRPC")
                 }
-                _ => tracing::info!(%addr, data_dir = ?config.data_dir, "serving gRPC"),
+                StoreSpec::Sled(dir) => tracing::info!(%addr, data_dir = ?dir, "serving gRPC"),
             }
         }
         let metrics_server = metrics_listener

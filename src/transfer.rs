@@ -61,7 +61,7 @@ pub async fn command(config: &Config, command: Command) -> Result<(), String> {
     match command {
         Command::Migrate { check } => migrate(config, check).await,
         Command::Export => {
-            let store = crate::open_store(config).await.map_err(|e| e.to_string())?;
+            let store = open(config).await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let (chats, messages) = export(&store, &mut out).await?;
@@ -70,7 +70,7 @@ pub async fn command(config: &Config, command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Import => {
-            let store = crate::open_store(config).await.map_err(|e| e.to_string())?;
+            let store = open(config).await?;
             let stdin = std::io::stdin();
             let (chats, messages) = import(&store, stdin.lock()).await?;
             store.flush().await.map_err(|e| e.to_string())?;
@@ -78,6 +78,13 @@ pub async fn command(config: &Config, command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn open(config: &Config) -> Result<Store, String> {
+    let spec = config.store_spec()?;
+    crate::open_store(config, &spec)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn migrate(config: &Config, check: bool) -> Result<(), String> {

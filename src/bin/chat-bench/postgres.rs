@@ -64,7 +64,7 @@ impl Cluster {
             .await?;
         let url = self.url.replace("/postgres?", &format!("/{name}?"));
         let config = chat::Config::parse_from(["chat", "--store", &url]);
-        chat::open_store(&config).await?;
+        chat::open_store(&config, &config.store_spec()?).await?;
         Ok(url)
     }
 }
