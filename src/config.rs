@@ -143,6 +143,56 @@ pub struct Config {
     #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// How callers are identified: `none` (anyone may act as any user: for
+    /// the embedded quick start), `jwt` (a bearer token on every call), or
+    /// `header` (a trusted sidecar's header, see --auth-header).
+    #[arg(long, env = "CHAT_AUTH", value_enum, default_value_t = AuthMode::None, global = true)]
+    pub auth: AuthMode,
+
+    /// With --auth header: the header a trusted sidecar sets to the caller's
+    /// identity (e.g. x-user-id). Only safe if nothing but the sidecar can
+    /// reach --listen.
+    #[arg(long, env = "CHAT_AUTH_HEADER", global = true)]
+    pub auth_header: Option<String>,
+
+    /// With --auth jwt: a file holding the HS256 shared secret (32 bytes or more).
+    #[arg(long, env = "CHAT_JWT_SECRET_FILE", global = true)]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// With --auth jwt: a PEM public key (RSA: RS/PS256..512, EC: ES256/384, Ed25519: EdDSA).
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// With --auth jwt: a JWKS document; the token's `kid` picks the key.
+    #[arg(long, env = "CHAT_JWKS_FILE", global = true)]
+    pub jwks_file: Option<PathBuf>,
+
+    /// With --auth jwt: the required `iss`.
+    #[arg(long, env = "CHAT_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// With --auth jwt: the required `aud`.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// With --auth jwt: seconds of clock skew allowed for `exp` and `nbf`.
+    #[arg(long, env = "CHAT_JWT_LEEWAY", default_value_t = 5, global = true)]
+    pub jwt_leeway: u64,
+
+    /// With --auth jwt: the claim naming the user.
+    #[arg(
+        long,
+        env = "CHAT_JWT_USER_CLAIM",
+        default_value = "sub",
+        global = true
+    )]
+    pub jwt_user_claim: String,
+
+    /// With --auth jwt: a `scope` value that makes the caller a service,
+    /// which may act for any user (e.g. chat:service).
+    #[arg(long, env = "CHAT_JWT_SERVICE_SCOPE", global = true)]
+    pub jwt_service_scope: Option<String>,
+
     /// Address to serve Prometheus metrics on, at /metrics (off when unset).
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -188,6 +238,13 @@ pub enum Command {
 pub enum StoreSpec {
     Sled(PathBuf),
     Postgres(PgOptions),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    None,
+    Jwt,
+    Header,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -237,6 +294,34 @@ impl Config {
             connect_timeout: Duration::from_secs(self.pg_connect_timeout),
             listen_url: self.pg_listen_url.as_ref().map(|s| s.0.clone()),
         }))
+    }
+
+    /// The authenticator the flags describe.
+    ///
+    /// # Errors
+    /// A mode without what it needs, or a key that cannot be read.
+    pub fn auth(&self) -> Result<crate::auth::Auth, String> {
+        use crate::auth::{Auth, Jwt, JwtOptions};
+        Ok(match self.auth {
+            AuthMode::None => Auth::None,
+            AuthMode::Header => Auth::Header(
+                self.auth_header
+                    .as_deref()
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .ok_or("--auth header needs --auth-header NAME (e.g. x-user-id)")?,
+            ),
+            AuthMode::Jwt => Auth::Jwt(Box::new(Jwt::new(&JwtOptions {
+                secret_file: self.jwt_secret_file.as_deref(),
+                public_key_file: self.jwt_public_key_file.as_deref(),
+                jwks_file: self.jwks_file.as_deref(),
+                issuer: self.jwt_issuer.as_deref(),
+                audience: self.jwt_audience.as_deref(),
+                leeway: Duration::from_secs(self.jwt_leeway),
+                user_claim: &self.jwt_user_claim,
+                service_scope: self.jwt_service_scope.as_deref(),
+            })?)),
+        })
     }
 
     pub fn limits(&self) -> Limits {

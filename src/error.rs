@@ -17,6 +17,9 @@ pub enum Error {
     /// The chat does not exist.
     #[error("{0}: {1}")]
     NotFound(&'static str, String),
+    /// No credential, or one that does not verify.
+    #[error("{0}: {1}")]
+    Unauthenticated(&'static str, String),
     /// The user is not a member of a members-only chat.
     #[error("{0}: {1}")]
     PermissionDenied(&'static str, String),
@@ -37,6 +40,7 @@ impl Error {
     pub fn detail(&self) -> String {
         match self {
             Error::Invalid(_, d)
+            | Error::Unauthenticated(_, d)
             | Error::TooLarge(_, d)
             | Error::NotFound(_, d)
             | Error::PermissionDenied(_, d)
@@ -50,6 +54,7 @@ impl Error {
     pub fn id(&self) -> &'static str {
         match self {
             Error::Invalid(id, _)
+            | Error::Unauthenticated(id, _)
             | Error::TooLarge(id, _)
             | Error::NotFound(id, _)
             | Error::PermissionDenied(id, _)
@@ -76,7 +81,9 @@ impl Error {
             Error::Invalid(..) => (Code::InvalidArgument, 400, 1008),
             Error::TooLarge(..) => (Code::InvalidArgument, 413, 1008),
             Error::NotFound(..) => (Code::NotFound, 404, 1008),
-            Error::PermissionDenied(..) => (Code::PermissionDenied, 403, 1008),
+            // 4401 / 4403: the HTTP statuses, as WebSocket application codes.
+            Error::Unauthenticated(..) => (Code::Unauthenticated, 401, 4401),
+            Error::PermissionDenied(..) => (Code::PermissionDenied, 403, 4403),
             Error::AlreadyExists(..) => (Code::AlreadyExists, 409, 1008),
             // 1012 "service restart": reconnect with since_seq.
             Error::Unavailable(_) => (Code::Unavailable, 503, 1012),

@@ -14,6 +14,7 @@ use tonic::{metadata::MetadataMap, Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    auth::{Auth, Identity},
     chat::{Chats, Draft, Subscription},
     error::Error,
     metrics::Metrics,
@@ -24,13 +25,28 @@ use crate::{
 /// The `chat.Chat` service.
 pub struct ChatService {
     chats: Chats,
+    auth: Arc<Auth>,
     metrics: Arc<Metrics>,
 }
 
 impl ChatService {
-    pub fn new(chats: Chats) -> Self {
+    pub fn new(chats: Chats, auth: Arc<Auth>) -> Self {
         let metrics = chats.metrics().clone();
-        ChatService { chats, metrics }
+        ChatService {
+            chats,
+            auth,
+            metrics,
+        }
+    }
+
+    /// The verified caller of a call (see [`identify`]).
+    fn caller(&self, md: &MetadataMap) -> Result<Option<Identity>, Error> {
+        identify(
+            &self.auth,
+            &self.metrics,
+            |name| md.get(name).and_then(|v| v.to_str().ok()),
+            None,
+        )
     }
 
     /// Runs a unary call, then counts and logs it.
@@ -64,7 +80,11 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::NewRequest>,
     ) -> Result<Response<pb::NewResponse>, Status> {
         self.observe("New", "", async {
-            let chat = self.chats.new_chat(request.into_inner().user_ids).await?;
+            let caller = self.caller(request.metadata())?;
+            let chat = self
+                .chats
+                .new_chat(request.into_inner().user_ids, caller.as_ref())
+                .await?;
             Ok(pb::NewResponse {
                 chat_id: chat.to_string(),
             })
@@ -76,11 +96,18 @@ impl pb::chat_server::Chat for ChatService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let caller = self.caller(request.metadata());
         let req = request.into_inner();
         self.observe("History", &req.chat_id, async {
             let page = self
                 .chats
-                .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
+                .history(
+                    &req.chat_id,
+                    req.limit,
+                    req.before_seq,
+                    req.after_seq,
+                    caller?.as_ref(),
+                )
                 .await?;
             Ok(pb::HistoryResponse {
                 messages: page_to_wire(page.messages),
@@ -94,6 +121,7 @@ impl pb::chat_server::Chat for ChatService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
+        let caller = self.caller(request.metadata());
         let req = request.into_inner();
         // Tests only (never in a normal build): a request that panics, to
         // prove one failing request cannot take down the server.
@@ -103,7 +131,7 @@ impl pb::chat_server::Chat for ChatService {
         }
         let chat_id = req.chat_id.clone();
         self.observe("Send", &chat_id, async {
-            let msg = self.chats.send(req.into()).await?;
+            let msg = self.chats.send(req.into(), caller?.as_ref()).await?;
             Ok(pb::SendResponse {
                 message: Some(to_wire(&msg)),
             })
@@ -189,6 +217,7 @@ impl pb::chat_server::Chat for ChatService {
 impl ChatService {
     /// Opens the subscription a Connect call asks for in its metadata.
     async fn subscribe(&self, md: &MetadataMap) -> Result<Subscription, Error> {
+        let caller = self.caller(md)?;
         let since_seq = match metadata(md, "since-seq")? {
             s if s.is_empty() => None,
             s => Some(s.trim().parse::<u64>().map_err(|_| {
@@ -203,6 +232,7 @@ impl ChatService {
                 &metadata(md, "chat-id")?,
                 &metadata(md, "user-id")?,
                 since_seq,
+                caller.as_ref(),
             )
             .await
     }
@@ -240,6 +270,30 @@ impl Drop for StreamEnd {
 enum Event {
     Inbound(Result<Option<pb::Message>, Status>),
     Batch(crate::error::Result<Vec<Arc<Message>>>),
+}
+
+/// The verified caller of a request over any wire: `get` reads a header
+/// (gRPC metadata) by its lower-case name; `token` is a bearer token found
+/// elsewhere (a WebSocket's subprotocols or query). Refusals are counted by
+/// reason; no token ever reaches a log or a metric.
+///
+/// # Errors
+/// `Unauthenticated` when auth is on and the credential is missing or bad.
+pub(crate) fn identify<'a>(
+    auth: &Auth,
+    metrics: &Metrics,
+    get: impl Fn(&str) -> Option<&'a str>,
+    token: Option<&str>,
+) -> Result<Option<Identity>, Error> {
+    let result = auth.identify(get, token);
+    if let Err(e) = &result {
+        let counter = match e.id() {
+            "chat.Auth.MissingToken" => &metrics.auth_missing,
+            _ => &metrics.auth_invalid,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    result
 }
 
 /// Counts and logs one finished RPC: one line, at debug when OK or when the

@@ -4,7 +4,7 @@
 //! Same port and same [`Chats`] calls as gRPC: no rule lives here, only
 //! conversion, and the one mapping of [`Error`] to an HTTP error body.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     body::{Body, Bytes},
@@ -24,6 +24,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use crate::{
+    auth::{Auth, Identity},
     chat::{Chats, Subscription},
     error::Error,
     grpc, pb,
@@ -32,18 +33,39 @@ use crate::{
 #[derive(Clone)]
 struct Http {
     chats: Chats,
+    auth: Arc<Auth>,
     /// Largest request body accepted.
     max_body: usize,
 }
 
 /// The HTTP/JSON routes, to be merged with the gRPC ones.
-pub fn router(chats: Chats, max_body: usize) -> Router {
+pub fn router(chats: Chats, auth: Arc<Auth>, max_body: usize) -> Router {
     Router::new()
         .route("/chat/Chat/New", post(new))
         .route("/chat/Chat/History", post(history))
         .route("/chat/Chat/Send", post(send))
         .route("/chat/Chat/Connect", get(connect))
-        .with_state(Http { chats, max_body })
+        .with_state(Http {
+            chats,
+            auth,
+            max_body,
+        })
+}
+
+/// The subprotocol a browser's WebSocket offers, with `bearer.<token>`
+/// beside it (browsers cannot set headers on a WebSocket).
+const WS_PROTOCOL: &str = "chat.v1";
+
+impl Http {
+    /// The verified caller of a request (see `grpc::identify`).
+    fn caller(&self, headers: &HeaderMap, token: Option<&str>) -> Result<Option<Identity>, Error> {
+        grpc::identify(
+            &self.auth,
+            self.chats.metrics(),
+            |name| headers.get(name).and_then(|v| v.to_str().ok()),
+            token,
+        )
+    }
 }
 
 /// Any other path: a JSON 404 for HTTP callers, UNIMPLEMENTED for gRPC ones.
@@ -64,8 +86,8 @@ async fn new(State(http): State<Http>, headers: HeaderMap, body: Body) -> Respon
         "New",
         headers,
         body,
-        |http, req: pb::NewRequest| async move {
-            let chat = http.chats.new_chat(req.user_ids).await?;
+        |http, req: pb::NewRequest, caller| async move {
+            let chat = http.chats.new_chat(req.user_ids, caller.as_ref()).await?;
             Ok(pb::NewResponse {
                 chat_id: chat.to_string(),
             })
@@ -80,10 +102,16 @@ async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
         "History",
         headers,
         body,
-        |http, req: pb::HistoryRequest| async move {
+        |http, req: pb::HistoryRequest, caller| async move {
             let page = http
                 .chats
-                .history(&req.chat_id, req.limit, req.before_seq, req.after_seq)
+                .history(
+                    &req.chat_id,
+                    req.limit,
+                    req.before_seq,
+                    req.after_seq,
+                    caller.as_ref(),
+                )
                 .await?;
             Ok(pb::HistoryResponse {
                 messages: grpc::page_to_wire(page.messages),
@@ -100,8 +128,8 @@ async fn send(State(http): State<Http>, headers: HeaderMap, body: Body) -> Respo
         "Send",
         headers,
         body,
-        |http, req: pb::SendRequest| async move {
-            let msg = http.chats.send(req.into()).await?;
+        |http, req: pb::SendRequest, caller| async move {
+            let msg = http.chats.send(req.into(), caller.as_ref()).await?;
             Ok(pb::SendResponse {
                 message: Some(grpc::to_wire(&msg)),
             })
@@ -122,7 +150,7 @@ async fn handle<Req, Resp, F, Fut>(
 where
     Req: DeserializeOwned,
     Resp: serde::Serialize,
-    F: FnOnce(Http, Req) -> Fut,
+    F: FnOnce(Http, Req, Option<Identity>) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, Error>>,
 {
     let started = Instant::now();
@@ -151,6 +179,7 @@ where
         );
     }
     let result = async {
+        let caller = http.caller(&headers, None)?;
         let bytes: Bytes = axum::body::to_bytes(body, http.max_body)
             .await
             .map_err(|_| {
@@ -168,7 +197,7 @@ where
                 format!("the body is not a valid {method} request: {e}"),
             )
         })?;
-        call(http.clone(), req).await
+        call(http.clone(), req, caller).await
     }
     .await;
     let code = result.as_ref().err().map_or(tonic::Code::Ok, grpc::code_of);
@@ -200,6 +229,10 @@ struct ConnectQuery {
     user_id: String,
     #[serde(default, alias = "sinceSeq")]
     since_seq: Option<String>,
+    /// A bearer token, for clients that can set neither a header nor
+    /// subprotocols (proxies may log query strings: prefer those).
+    #[serde(default)]
+    access_token: Option<String>,
 }
 
 /// Connect over WebSocket: refused with an HTTP error before the upgrade,
@@ -207,6 +240,7 @@ struct ConnectQuery {
 /// semantics (echo, catch-up, bounded memory, ended at shutdown).
 async fn connect(
     State(http): State<Http>,
+    headers: HeaderMap,
     query: Result<Query<ConnectQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -228,7 +262,22 @@ async fn connect(
             }
         },
     };
-    let sub = match http.chats.subscribe(&q.chat_id, &q.user_id, since).await {
+    // The token: `Authorization`, else a `bearer.<token>` subprotocol, else the query.
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let token = offered
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+        .or(q.access_token.as_deref());
+    let subscribed = async {
+        let caller = http.caller(&headers, token)?;
+        http.chats
+            .subscribe(&q.chat_id, &q.user_id, since, caller.as_ref())
+            .await
+    };
+    let sub = match subscribed.await {
         Ok(sub) => sub,
         Err(e) => return error_response(&e),
     };
@@ -240,18 +289,20 @@ async fn connect(
         );
     };
     let metrics = http.chats.metrics().clone();
-    ws.on_upgrade(move |socket| async move {
-        let started = Instant::now();
-        let code = pump(socket, sub).await;
-        grpc::finished(
-            &metrics,
-            "Connect",
-            &q.chat_id,
-            code,
-            started.elapsed(),
-            None,
-        );
-    })
+    // Browsers fail the handshake unless one offered protocol is chosen.
+    ws.protocols([WS_PROTOCOL])
+        .on_upgrade(move |socket| async move {
+            let started = Instant::now();
+            let code = pump(socket, sub).await;
+            grpc::finished(
+                &metrics,
+                "Connect",
+                &q.chat_id,
+                code,
+                started.elapsed(),
+                None,
+            );
+        })
 }
 
 /// Runs one WebSocket until either side ends it; returns how it ended.
@@ -347,7 +398,18 @@ pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
 /// shape and HTTP status.
 fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.wire().http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    error_body(status, e.id(), &e.detail())
+    let mut response = error_body(status, e.id(), &e.detail());
+    if let Error::Unauthenticated(id, _) = e {
+        let challenge = match *id {
+            "chat.Auth.MissingToken" => "Bearer",
+            _ => "Bearer error=\"invalid_token\"",
+        };
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(challenge),
+        );
+    }
+    response
 }
 
 fn error_body(status: StatusCode, id: &str, detail: &str) -> Response {

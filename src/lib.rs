@@ -20,6 +20,7 @@
 //! The binary (`src/main.rs`) only parses the config, sets up logging, binds
 //! the listener and calls [`run`]; tests call [`run`] directly.
 
+pub mod auth;
 pub mod chat;
 pub mod codec;
 pub mod config;
@@ -73,6 +74,8 @@ pub enum RunError {
     },
     #[error("cannot open the store: {0}")]
     Store(String),
+    #[error("authentication: {0}")]
+    Auth(String),
     #[error("invalid --cors-origins: {0}")]
     Cors(String),
     #[error("final flush of the store failed: {0}")]
@@ -207,8 +210,18 @@ impl Server {
         // grpcurl before 1.9 speaks only v1alpha.
         let reflection_v1alpha = reflection().build_v1alpha().map_err(RunError::Reflection)?;
 
-        let service = pb::chat_server::ChatServer::new(grpc::ChatService::new(chats.clone()))
-            .max_decoding_message_size(config.max_decoding_bytes());
+        let auth = std::sync::Arc::new(config.auth().map_err(RunError::Auth)?);
+        if matches!(*auth, auth::Auth::None)
+            && !listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
+        {
+            tracing::warn!(
+                "--auth none on a non-loopback address: anyone who can reach it may read any chat \
+                 and send as anyone; use --auth jwt or --auth header"
+            );
+        }
+        let service =
+            pb::chat_server::ChatServer::new(grpc::ChatService::new(chats.clone(), auth.clone()))
+                .max_decoding_message_size(config.max_decoding_bytes());
         // gRPC (and gRPC-Web, for browser clients of the unary RPCs) and the
         // HTTP/JSON interface on one port, told apart by path.
         let web = tonic_web::GrpcWebLayer::new();
@@ -220,7 +233,11 @@ impl Server {
         let mut app = grpc_routes
             // JSON is bigger than protobuf for the same message (names,
             // escapes): room for a full-size message in any spelling.
-            .merge(http::router(chats.clone(), 4 * config.max_decoding_bytes()))
+            .merge(http::router(
+                chats.clone(),
+                auth,
+                4 * config.max_decoding_bytes(),
+            ))
             .fallback(http::fallback);
         if !config.cors_origins.is_empty() {
             app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub bus_connected: AtomicI64,
     /// Wake-ups received from other replicas.
     pub bus_wakeups: AtomicU64,
+    /// Calls refused for want of a credential / for one that did not verify.
+    pub auth_missing: AtomicU64,
+    pub auth_invalid: AtomicU64,
 }
 
 impl Metrics {
@@ -162,6 +165,15 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP chat_auth_failures_total Calls refused as unauthenticated, by reason.\n\
+             # TYPE chat_auth_failures_total counter\n\
+             chat_auth_failures_total{{reason=\"missing\"}} {}\n\
+             chat_auth_failures_total{{reason=\"invalid\"}} {}",
+            self.auth_missing.load(Relaxed),
+            self.auth_invalid.load(Relaxed)
+        );
         out.push_str("# HELP chat_flush_duration_seconds Store commits (one per group: a sled flush or a database transaction).\n# TYPE chat_flush_duration_seconds histogram\n");
         self.flush_latency
             .render(&mut out, "chat_flush_duration_seconds", "");

@@ -243,6 +243,8 @@ pub struct Subscription {
     pub(super) next: u64,
     pub(super) durable: watch::Receiver<u64>,
     pub(super) closing: watch::Receiver<bool>,
+    /// When the caller's credential expires: the feed ends then.
+    pub(super) expires: Option<tokio::time::Instant>,
 }
 
 impl Subscription {
@@ -259,6 +261,18 @@ impl Subscription {
                     self.next - 1
                 )));
             }
+            if self
+                .expires
+                .is_some_and(|e| e <= tokio::time::Instant::now())
+            {
+                return Err(Error::Unauthenticated(
+                    "chat.Auth.InvalidToken",
+                    format!(
+                        "the token has expired; reconnect with a fresh one and since-seq: {}",
+                        self.next - 1
+                    ),
+                ));
+            }
             let durable = *self.durable.borrow_and_update();
             if self.next <= durable {
                 let batch = self.read(durable).await?;
@@ -269,10 +283,13 @@ impl Subscription {
                 // The store could not yet return what the watermark promises
                 // (a read replica behind, say): wait for the next change.
             }
+            let expires = self.expires;
             tokio::select! {
                 // The sender lives in the chat state we hold: never closed.
                 _ = self.durable.changed() => {}
                 _ = self.closing.changed() => {}
+                // Checked at the top of the loop.
+                () = tokio::time::sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {}
             }
         }
     }
@@ -318,7 +335,8 @@ impl Subscription {
         }
         draft.chat_id = chat_id;
         draft.user_id.clone_from(&self.user_id);
-        self.chats.send(draft).await
+        // The stream's user was checked against the caller when it opened.
+        self.chats.send(draft, None).await
     }
 
     /// Messages `self.next..=durable`, at most `stream_buffer`: from the
@@ -360,6 +378,11 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.chats.shared.metrics.streams_open.fetch_sub(1, Relaxed);
     }
+}
+
+/// An instant no stream lives to see (for a `select!` arm that is off).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::{
+    auth::Identity,
     error::{Error, Result},
     metrics::Metrics,
     model::{Append, ChatRecord, Message},
@@ -45,6 +46,9 @@ pub use commit::Committer;
 use commit::{commit_loop, wait_commit, Answer, Commit};
 use fanout::{ChatState, Recent};
 pub use fanout::{Follower, Subscription};
+
+/// The verified caller of a request (`None` with `--auth none`).
+pub type Caller<'a> = Option<&'a Identity>;
 
 /// Size limits, all configurable (see `Config`).
 #[derive(Clone, Debug)]
@@ -145,11 +149,24 @@ impl Chats {
     }
 
     /// The chat for `user_ids` (see `New` in the proto): the same set always
-    /// gets the same chat; no users makes a new open chat.
+    /// gets the same chat; no users makes a new open chat. A verified
+    /// `caller` must be one of the users (unless it is a service).
     ///
     /// # Errors
-    /// `Invalid`/`TooLarge` for bad ids or too many users; `Store`.
-    pub async fn new_chat(&self, user_ids: Vec<String>) -> Result<Uuid> {
+    /// `Invalid`/`TooLarge` for bad ids or too many users;
+    /// `PermissionDenied` for a caller not among them; `Store`.
+    pub async fn new_chat(&self, user_ids: Vec<String>, caller: Caller<'_>) -> Result<Uuid> {
+        if let Some(who) = caller.filter(|c| !c.service) {
+            if !user_ids.is_empty() && !user_ids.contains(&who.user) {
+                return Err(Error::PermissionDenied(
+                    "chat.New.NotAMember",
+                    format!(
+                        "user {:?} may only create chats it is a member of",
+                        who.user
+                    ),
+                ));
+            }
+        }
         let limits = &self.shared.limits;
         if user_ids.len() > limits.max_members {
             return Err(Error::TooLarge(
@@ -189,8 +206,23 @@ impl Chats {
     /// `Invalid`/`TooLarge` for a bad draft, `NotFound` for an unknown chat,
     /// `PermissionDenied` for a non-member, `AlreadyExists` for a client_id
     /// reused with other content, `Store`/`Unavailable` if it could not be
-    /// made durable (retry with the same client_id).
-    pub async fn send(&self, draft: Draft) -> Result<Arc<Message>> {
+    /// made durable (retry with the same client_id). With a verified
+    /// `caller`, an empty user_id is the caller, and another user's is
+    /// `PermissionDenied` (unless the caller is a service).
+    pub async fn send(&self, mut draft: Draft, caller: Caller<'_>) -> Result<Arc<Message>> {
+        if let Some(who) = caller {
+            if draft.user_id.is_empty() {
+                draft.user_id.clone_from(&who.user);
+            } else if draft.user_id != who.user && !who.service {
+                return Err(Error::PermissionDenied(
+                    "chat.Send.WrongUser",
+                    format!(
+                        "user {:?} may not send as {:?}; leave user_id empty or set it to yourself",
+                        who.user, draft.user_id
+                    ),
+                ));
+            }
+        }
         let limits = &self.shared.limits;
         if draft.chat_id.is_empty() {
             return Err(invalid("chat.Send.MissingChatID", "chat_id is required"));
@@ -266,21 +298,28 @@ impl Chats {
         }
     }
 
-    /// One page of a chat's history (see `History` in the proto).
+    /// One page of a chat's history (see `History` in the proto). With a
+    /// verified `caller`, a members-only chat is readable by its members
+    /// (and services) only.
     ///
     /// # Errors
-    /// `Invalid` for a missing chat id or both cursors, `NotFound`, `Store`.
+    /// `Invalid` for a missing chat id or both cursors, `NotFound`,
+    /// `PermissionDenied`, `Store`.
     pub async fn history(
         &self,
         chat_id: &str,
         limit: u32,
         before_seq: Option<u64>,
         after_seq: Option<u64>,
+        caller: Caller<'_>,
     ) -> Result<Page> {
         if chat_id.is_empty() {
             return Err(invalid("chat.History.MissingChatID", "chat_id is required"));
         }
         let chat = self.chat("chat.History.InvalidChatID", chat_id).await?;
+        if let Some(who) = caller.filter(|c| !c.service) {
+            chat.check_member("chat.History.NotAMember", &who.user)?;
+        }
         if before_seq.is_some() && after_seq.is_some() {
             return Err(invalid(
                 "chat.History.InvalidCursor",
@@ -302,6 +341,9 @@ impl Chats {
 
     /// Opens a live feed of a chat for `user_id`: every durable message with
     /// seq > `since_seq`, or, without it, every message stored from now on.
+    /// With a verified `caller`, an empty `user_id` is the caller, another
+    /// user's is `PermissionDenied` (unless a service), and the feed ends
+    /// with `Unauthenticated` when the caller's credential expires.
     ///
     /// # Errors
     /// `Invalid` for missing ids, `NotFound`, `PermissionDenied`, `Store`.
@@ -310,7 +352,21 @@ impl Chats {
         chat_id: &str,
         user_id: &str,
         since_seq: Option<u64>,
+        caller: Caller<'_>,
     ) -> Result<Subscription> {
+        let user_id = match caller {
+            Some(who) if user_id.is_empty() => who.user.as_str(),
+            Some(who) if user_id != who.user && !who.service => {
+                return Err(Error::PermissionDenied(
+                    "chat.Connect.WrongUser",
+                    format!(
+                        "user {:?} may not follow a chat as {user_id:?}; leave user-id out or set it to yourself",
+                        who.user
+                    ),
+                ))
+            }
+            _ => user_id,
+        };
         if chat_id.is_empty() {
             return Err(invalid(
                 "chat.Connect.MissingChatID",
@@ -339,6 +395,9 @@ impl Chats {
             next,
             durable,
             closing: self.shared.closing.subscribe(),
+            expires: caller
+                .and_then(Identity::expires_in)
+                .map(|d| tokio::time::Instant::now() + d),
         })
     }
 
@@ -472,7 +531,7 @@ mod tests {
     }
 
     fn stored(rt: &tokio::runtime::Runtime, chats: &Chats, chat: &str) -> usize {
-        rt.block_on(chats.history(chat, 0, None, None))
+        rt.block_on(chats.history(chat, 0, None, None, None))
             .map_or(0, |p| p.messages.len())
     }
 
@@ -489,10 +548,13 @@ mod tests {
             stream_buffer: 4,
         };
         let (rt, _dir, chats, _committer) = open(limits.clone());
-        let open_chat = rt.block_on(chats.new_chat(vec![])).unwrap().to_string();
+        let open_chat = rt
+            .block_on(chats.new_chat(vec![], None))
+            .unwrap()
+            .to_string();
         let members = vec!["ann".to_string(), "bob".to_string()];
         let member_chat = rt
-            .block_on(chats.new_chat(members.clone()))
+            .block_on(chats.new_chat(members.clone(), None))
             .unwrap()
             .to_string();
         let ids = prop_oneof![
@@ -521,7 +583,7 @@ mod tests {
                         subject: subject.clone(),
                         text: text.clone(),
                     };
-                    let result = rt.block_on(chats.send(draft));
+                    let result = rt.block_on(chats.send(draft, None));
                     let after = stored(&rt, &chats, &chat_id);
                     match result {
                         Ok(m) => {
@@ -572,13 +634,16 @@ mod tests {
             .run(&proptest::collection::vec(".{0,10}", 0..6), |user_ids| {
                 let valid =
                     user_ids.len() <= 4 && user_ids.iter().all(|u| !u.is_empty() && u.len() <= 8);
-                match rt.block_on(chats.new_chat(user_ids.clone())) {
+                match rt.block_on(chats.new_chat(user_ids.clone(), None)) {
                     Ok(chat) => {
                         prop_assert!(valid);
                         if !user_ids.is_empty() {
                             let mut reversed = user_ids.clone();
                             reversed.reverse();
-                            prop_assert_eq!(rt.block_on(chats.new_chat(reversed)).unwrap(), chat);
+                            prop_assert_eq!(
+                                rt.block_on(chats.new_chat(reversed, None)).unwrap(),
+                                chat
+                            );
                         }
                     }
                     Err(e) => {

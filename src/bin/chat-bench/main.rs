@@ -465,18 +465,21 @@ impl Bench {
         let dir = TempDir::new()?;
         let server = chat::Server::open(chat::Config::with_data_dir(dir.path())).await?;
         let chats = server.chats();
-        let chat = chats.new_chat(vec![]).await?.to_string();
+        let chat = chats.new_chat(vec![], None).await?.to_string();
         let stats = load(CONC, self.secs, move |w, i| {
             let (chats, chat, text) = (chats.clone(), chat.clone(), text.clone());
             async move {
                 chats
-                    .send(Draft {
-                        client_id: format!("{w}-{i}"),
-                        chat_id: chat,
-                        user_id: "bench".into(),
-                        subject: String::new(),
-                        text,
-                    })
+                    .send(
+                        Draft {
+                            client_id: format!("{w}-{i}"),
+                            chat_id: chat,
+                            user_id: "bench".into(),
+                            subject: String::new(),
+                            text,
+                        },
+                        None,
+                    )
                     .await?;
                 Ok(())
             }
