@@ -82,8 +82,8 @@ pub struct Config {
     pub pg_connect_timeout: u64,
 
     /// A separate URL for the LISTEN connection that carries wake-ups
-    /// between replicas (default: the store URL). Needed behind a pooler in
-    /// transaction mode, which cannot LISTEN.
+    /// between replicas (default: the store URL), e.g. straight to the
+    /// primary when the store URL goes through a (session-mode) pooler.
     #[arg(
         long,
         env = "CHAT_PG_LISTEN_URL",

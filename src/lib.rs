@@ -194,70 +194,87 @@ impl Server {
             replicas,
             metrics_listener,
         } = self;
-        let store_watch = chats.watch_store();
-
-        let health = tonic_health::pb::health_server::HealthServer::new(
-            health::HealthService::new(chats.closing(), chats.ready()),
-        );
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                // google.rpc.ErrorInfo, so grpcurl can show error details.
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1().map_err(RunError::Reflection)?;
-        // grpcurl before 1.9 speaks only v1alpha.
-        let reflection_v1alpha = reflection().build_v1alpha().map_err(RunError::Reflection)?;
-
-        let auth = std::sync::Arc::new(config.auth().map_err(RunError::Auth)?);
-        if matches!(*auth, auth::Auth::None)
-            && !listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
-        {
-            tracing::warn!(
-                "--auth none on a non-loopback address: anyone who can reach it may read any chat \
-                 and send as anyone; use --auth jwt or --auth header"
+        // Everything that can fail before serving, in one place: if it does,
+        // the tasks `open` started are stopped before the error is returned.
+        let built = (|| {
+            let health = tonic_health::pb::health_server::HealthServer::new(
+                health::HealthService::new(chats.closing(), chats.ready()),
             );
-        }
-        let service =
-            pb::chat_server::ChatServer::new(grpc::ChatService::new(chats.clone(), auth.clone()))
-                .max_decoding_message_size(config.max_decoding_bytes());
-        // gRPC (and gRPC-Web, for browser clients of the unary RPCs) and the
-        // HTTP/JSON interface on one port, told apart by path.
-        let web = tonic_web::GrpcWebLayer::new();
-        let grpc_routes = tonic::service::Routes::new(web.layer(health))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(web.layer(service))
-            .into_axum_router();
-        let mut app = grpc_routes
-            // JSON is bigger than protobuf for the same message (names,
-            // escapes): room for a full-size message in any spelling.
-            .merge(http::router(
-                chats.clone(),
-                auth,
-                4 * config.max_decoding_bytes(),
-            ))
-            .fallback(http::fallback);
-        if !config.cors_origins.is_empty() {
-            app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
-        }
-        if let Ok(addr) = listener.local_addr() {
-            match &spec {
-                StoreSpec::Postgres(opts) => {
-                    tracing::info!(%addr, store = %store::pgconn::redact(&opts.url), "serving gRPC")
-                }
-                StoreSpec::Sled(dir) => tracing::info!(%addr, data_dir = ?dir, "serving gRPC"),
+            let reflection = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    // google.rpc.ErrorInfo, so grpcurl can show error details.
+                    .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            };
+            let reflection_v1 = reflection().build_v1().map_err(RunError::Reflection)?;
+            // grpcurl before 1.9 speaks only v1alpha.
+            let reflection_v1alpha = reflection().build_v1alpha().map_err(RunError::Reflection)?;
+
+            let auth = std::sync::Arc::new(config.auth().map_err(RunError::Auth)?);
+            if matches!(*auth, auth::Auth::None)
+                && !listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
+            {
+                tracing::warn!(
+                    "--auth none on a non-loopback address: anyone who can reach it may read any chat \
+                     and send as anyone; use --auth jwt or --auth header"
+                );
             }
-        }
-        let metrics_server = metrics_listener
-            .map(|l| {
-                let l = TcpListener::from_std(l)?;
-                tracing::info!(addr = %l.local_addr()?, "serving metrics at /metrics");
-                Ok::<_, std::io::Error>(tokio::spawn(serve_metrics(l, chats.metrics().clone())))
-            })
-            .transpose()
-            .map_err(RunError::Metrics)?;
+            let service = pb::chat_server::ChatServer::new(grpc::ChatService::new(
+                chats.clone(),
+                auth.clone(),
+            ))
+            .max_decoding_message_size(config.max_decoding_bytes());
+            // gRPC (and gRPC-Web, for browser clients of the unary RPCs) and the
+            // HTTP/JSON interface on one port, told apart by path.
+            let web = tonic_web::GrpcWebLayer::new();
+            let grpc_routes = tonic::service::Routes::new(web.layer(health))
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(web.layer(service))
+                .into_axum_router();
+            let mut app = grpc_routes
+                // JSON is bigger than protobuf for the same message (names,
+                // escapes): room for a full-size message in any spelling.
+                .merge(http::router(
+                    chats.clone(),
+                    auth,
+                    4 * config.max_decoding_bytes(),
+                ))
+                .fallback(http::fallback);
+            if !config.cors_origins.is_empty() {
+                app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
+            }
+            if let Ok(addr) = listener.local_addr() {
+                match &spec {
+                    StoreSpec::Postgres(opts) => {
+                        tracing::info!(%addr, store = %store::pgconn::redact(&opts.url), "serving gRPC")
+                    }
+                    StoreSpec::Sled(dir) => tracing::info!(%addr, data_dir = ?dir, "serving gRPC"),
+                }
+            }
+            let metrics_server = metrics_listener
+                .map(|l| {
+                    let l = TcpListener::from_std(l)?;
+                    tracing::info!(addr = %l.local_addr()?, "serving metrics at /metrics");
+                    Ok::<_, std::io::Error>(tokio::spawn(serve_metrics(l, chats.metrics().clone())))
+                })
+                .transpose()
+                .map_err(RunError::Metrics)?;
+            Ok((app, metrics_server))
+        })();
+        let (app, metrics_server) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                committer.stop().await;
+                if let Some((listener, follower)) = replicas {
+                    listener.stop().await;
+                    follower.stop().await;
+                }
+                return Err(e);
+            }
+        };
+        let store_watch = chats.watch_store();
 
         // HTTP/2 (gRPC, h2c) and HTTP/1.1 (JSON, WebSocket upgrades, gRPC-Web)
         // on each connection.

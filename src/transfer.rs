@@ -171,6 +171,9 @@ fn write_line(out: &mut impl Write, line: &Line) -> Result<(), String> {
 async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String> {
     let (mut chats, mut messages) = (0, 0);
     let mut pending: Vec<Message> = Vec::new();
+    // The seq each chat's next message must have: an export's seqs are
+    // 1, 2, 3, … per chat, and a gap would stall every stream at it.
+    let mut next_seq: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::new();
     for (n, line) in input.lines().enumerate() {
         let line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
         if line.trim().is_empty() {
@@ -192,6 +195,7 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
         }
         match parsed {
             Line::Chat(c) => {
+                next_seq.insert(c.chat_id, 1);
                 let mut members = c.members;
                 members.sort_unstable();
                 members.dedup();
@@ -208,9 +212,24 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
                 chats += 1;
             }
             Line::Message(m) => {
-                if m.seq == 0 {
-                    return Err(format!("line {}: seq starts at 1", n + 1));
+                let Some(expected) = next_seq.get_mut(&m.chat_id) else {
+                    return Err(format!(
+                        "line {}: a message of chat {} before that chat's line",
+                        n + 1,
+                        m.chat_id
+                    ));
+                };
+                if m.seq != *expected {
+                    return Err(format!(
+                        "line {}: chat {} has seq {} where {} was expected: an export's \
+                         seqs are 1, 2, 3, … per chat, after the chat's line",
+                        n + 1,
+                        m.chat_id,
+                        m.seq,
+                        expected
+                    ));
                 }
+                *expected += 1;
                 pending.push(Message {
                     id: m.id,
                     client_id: m.client_id,

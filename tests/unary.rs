@@ -168,6 +168,22 @@ async fn invalid_sends_get_a_clear_error_and_store_nothing() {
             Code::PermissionDenied,
             "chat.Send.NotAMember",
         ),
+        // NUL: valid UTF-8 and protobuf, but no store keeps it in text.
+        (
+            send_req(&chat, "ann", "c", "a\0b"),
+            Code::InvalidArgument,
+            "chat.Send.InvalidText",
+        ),
+        (
+            send_req(&chat, "ann", "c\0", "t"),
+            Code::InvalidArgument,
+            "chat.Send.InvalidClientID",
+        ),
+        (
+            send_req(&chat, "a\0nn", "c", "t"),
+            Code::InvalidArgument,
+            "chat.Send.InvalidUserID",
+        ),
         (
             send_req(&chat, "ann", "c", &big),
             Code::InvalidArgument,

@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     metrics::Metrics,
     model::{Message, Outcome},
-    store::{Staged, Store},
+    store::{Committed, Staged, Store},
 };
 
 /// How many times the committer yields to let ready requests join a group
@@ -124,35 +124,37 @@ pub(super) async fn commit_loop(
             answers.push((has, commit.done));
         }
         let started = Instant::now();
-        let committed = store.commit(staged).await.map_err(|e| e.to_string());
+        let Committed { outcomes, failed } = store.commit(staged).await;
         metrics.flush_latency.observe(started.elapsed());
-        match committed {
-            Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter().zip(states).peekable();
-                for (has, done) in answers {
-                    let answer = match (has, outcomes.next_if(|_| has)) {
-                        (true, Some((Outcome::Stored(msg), state))) => {
-                            let msg = Arc::new(msg);
-                            let seq = msg.seq;
-                            state.publish(msg.clone());
-                            state.advance(seq);
-                            metrics.messages_stored.fetch_add(1, Relaxed);
-                            Answer::Stored(msg)
-                        }
-                        (true, Some((Outcome::Existing { stored, same }, _))) => {
-                            Answer::Existing { stored, same }
-                        }
-                        _ => Answer::Durable,
-                    };
-                    let _ = done.send(Ok(answer));
+        let failed = failed.map(|e| e.to_string());
+        if let Some(e) = &failed {
+            tracing::error!(
+                error = %e,
+                committed = outcomes.len(),
+                "commit failed; the senders of what it did not commit are told to retry"
+            );
+        }
+        // What the store made durable is answered as such, even if a later
+        // part of the group failed: its senders must not retry it.
+        let mut outcomes = outcomes.into_iter().zip(states);
+        for (has, done) in answers {
+            let answer = match (has, if has { outcomes.next() } else { None }) {
+                (true, Some((Outcome::Stored(msg), state))) => {
+                    let msg = Arc::new(msg);
+                    let seq = msg.seq;
+                    state.publish(msg.clone());
+                    state.advance(seq);
+                    metrics.messages_stored.fetch_add(1, Relaxed);
+                    Ok(Answer::Stored(msg))
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit failed; senders are told to retry");
-                for (_, done) in answers {
-                    let _ = done.send(Err(e.clone()));
+                (true, Some((Outcome::Existing { stored, same }, _))) => {
+                    Ok(Answer::Existing { stored, same })
                 }
-            }
+                // A barrier: durable if the whole commit was.
+                (false, _) if failed.is_none() => Ok(Answer::Durable),
+                _ => Err(failed.clone().unwrap_or_else(|| "not committed".into())),
+            };
+            let _ = done.send(answer);
         }
     }
 }

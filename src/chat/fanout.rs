@@ -128,26 +128,27 @@ impl Chats {
     }
 
     /// Reads what other replicas committed to `chat` up to `seq`, and publishes it.
+    ///
+    /// A wake-up is a hint, not a fact (anyone who can NOTIFY can send one):
+    /// the durable seq only moves as far as the store confirms.
     async fn catch_up(&self, state: &Arc<ChatState>, seq: u64) -> Result<()> {
         let durable = *state.durable.borrow();
         if seq <= durable {
             return Ok(());
         }
+        let store = &self.shared.store;
         if state.durable.receiver_count() == 0 || seq - durable > RECENT as u64 {
             // Nobody to serve from memory, or too much for the window:
             // streams read the store themselves.
-            state.advance(seq);
+            state.advance(seq.min(store.last_seq(&state.id).await?));
             return Ok(());
         }
-        let messages = self
-            .shared
-            .store
-            .read(&state.id, durable + 1, seq, RECENT)
-            .await?;
+        let messages = store.read(&state.id, durable + 1, seq, RECENT).await?;
         for msg in messages {
+            let seq = msg.seq;
             state.publish(Arc::new(msg));
+            state.advance(seq);
         }
-        state.advance(seq);
         Ok(())
     }
 }

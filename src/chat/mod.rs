@@ -254,6 +254,20 @@ impl Chats {
                 ),
             ));
         }
+        // No store keeps NUL in text (PostgreSQL refuses it), so no store
+        // gets one: the same message is valid on every backend.
+        if draft.client_id.contains('\0') {
+            return Err(invalid(
+                "chat.Send.InvalidClientID",
+                "client_id must not contain NUL characters",
+            ));
+        }
+        if draft.subject.contains('\0') || draft.text.contains('\0') {
+            return Err(invalid(
+                "chat.Send.InvalidText",
+                "subject and text must not contain NUL characters",
+            ));
+        }
         let chat = self.chat("chat.Send.InvalidChatID", &draft.chat_id).await?;
         chat.check_member("chat.Send.NotAMember", &draft.user_id)?;
 
@@ -496,6 +510,12 @@ fn check_id(error_id: &'static str, field: &str, id: &str, limits: &Limits) -> R
             format!("{field}: an id must not be empty"),
         ));
     }
+    if id.contains('\0') {
+        return Err(invalid(
+            error_id,
+            format!("{field}: an id must not contain NUL characters"),
+        ));
+    }
     if id.len() > limits.max_id_bytes {
         return Err(Error::TooLarge(
             error_id,
@@ -632,8 +652,10 @@ mod tests {
         let mut runner = TestRunner::new(ProptestConfig::default());
         runner
             .run(&proptest::collection::vec(".{0,10}", 0..6), |user_ids| {
-                let valid =
-                    user_ids.len() <= 4 && user_ids.iter().all(|u| !u.is_empty() && u.len() <= 8);
+                let valid = user_ids.len() <= 4
+                    && user_ids
+                        .iter()
+                        .all(|u| !u.is_empty() && u.len() <= 8 && !u.contains('\0'));
                 match rt.block_on(chats.new_chat(user_ids.clone(), None)) {
                     Ok(chat) => {
                         prop_assert!(valid);

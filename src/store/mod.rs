@@ -71,6 +71,14 @@ pub enum Staged {
     Deferred(Append),
 }
 
+/// What [`Store::commit`] made of a group: the outcomes of the messages it
+/// made durable, in order (a prefix of the group), and, if it stopped before
+/// the end, why: the rest may be retried.
+pub struct Committed {
+    pub outcomes: Vec<Outcome>,
+    pub failed: Option<StoreError>,
+}
+
 /// The store, whichever backend. Cloning is cheap: every backend is a
 /// handle around shared state.
 #[derive(Clone)]
@@ -116,14 +124,21 @@ impl Store {
     }
 
     /// Makes a group of staged messages durable, and everything staged or
-    /// created before it started; one outcome per message, in order.
-    ///
-    /// # Errors
-    /// When nothing could be made durable: every message of the group may
-    /// be retried (with its client_id, so that nothing is stored twice).
-    pub async fn commit(&self, batch: Vec<Staged>) -> Result<Vec<Outcome>> {
+    /// created before it started; one outcome per durable message, in
+    /// order. What it could not make durable (see [`Committed::failed`])
+    /// may be retried, with its client_id so that nothing is stored twice.
+    pub async fn commit(&self, batch: Vec<Staged>) -> Committed {
         match self {
-            Store::Sled(s) => s.commit(batch).await,
+            Store::Sled(s) => match s.commit(batch).await {
+                Ok(outcomes) => Committed {
+                    outcomes,
+                    failed: None,
+                },
+                Err(e) => Committed {
+                    outcomes: Vec::new(),
+                    failed: Some(e),
+                },
+            },
             Store::Postgres(p) => p.commit(batch).await,
         }
     }

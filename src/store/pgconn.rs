@@ -281,12 +281,16 @@ fn split_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
 
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+        if bytes[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -297,31 +301,87 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The URL with any password replaced by `***`, for logs and errors.
+/// The URL or `key=value` string with every password replaced by `***`,
+/// for logs and errors: the URL's user info, a `password` query
+/// parameter, a `password` key (quoted or not).
 pub fn redact(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let after = &url[scheme_end + 3..];
-        let auth_end = after.find(['/', '?']).unwrap_or(after.len());
-        if let Some(at) = after[..auth_end].rfind('@') {
-            if let Some(colon) = after[..at].find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &after[..colon],
-                    &after[at..]
-                );
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .map(|r| ("postgres://", r))
+        .or_else(|| {
+            url.strip_prefix("postgresql://")
+                .map(|r| ("postgresql://", r))
+        })
+    {
+        let (scheme, rest) = rest;
+        let (before_query, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (rest, None),
+        };
+        // The user info ends at the last '@' (a password may hold '/').
+        let authority = match before_query.rfind('@') {
+            Some(at) => {
+                let (info, host) = before_query.split_at(at);
+                match info.split_once(':') {
+                    Some((user, _)) => format!("{user}:***{host}"),
+                    None => before_query.to_owned(),
+                }
             }
-        }
-        url.to_owned()
-    } else {
-        url.split_whitespace()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.trim() == "password" => "password=***".to_owned(),
-                _ => kv.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+            None => before_query.to_owned(),
+        };
+        let query = query.map(|q| {
+            q.split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        return match query {
+            Some(q) => format!("{scheme}{authority}?{q}"),
+            None => format!("{scheme}{authority}"),
+        };
     }
+    // libpq key=value: `key = value`, values optionally 'quoted' with \' escapes.
+    let mut out = String::new();
+    let mut rest = url.trim_start();
+    while !rest.is_empty() {
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        rest = rest[key_end..].trim_start();
+        let Some(after_eq) = rest.strip_prefix('=') else {
+            // Not key=value: keep the word as it is.
+            out.push_str(key);
+            out.push(' ');
+            continue;
+        };
+        rest = after_eq.trim_start();
+        let value_len = if rest.starts_with('\'') {
+            let mut escaped = false;
+            rest.char_indices()
+                .skip(1)
+                .find(|&(_, c)| {
+                    let end = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    end
+                })
+                .map_or(rest.len(), |(i, _)| i + 1)
+        } else {
+            rest.find(char::is_whitespace).unwrap_or(rest.len())
+        };
+        let value = &rest[..value_len];
+        rest = rest[value_len..].trim_start();
+        if key == "password" {
+            out.push_str("password=***");
+        } else {
+            out.push_str(&format!("{key}={value}"));
+        }
+        out.push(' ');
+    }
+    out.trim_end().to_owned()
 }
 
 /// A pool of `size` connections to `target`; connections are made on demand.
@@ -375,6 +435,19 @@ mod tests {
             redact("host=db password=s3cret user=ann"),
             "host=db password=*** user=ann"
         );
+        assert_eq!(
+            redact("host=db password = 'a b\\' c' user=ann"),
+            "host=db password=*** user=ann"
+        );
+        assert_eq!(
+            redact("postgres://ann:pa/ss@db/chat"),
+            "postgres://ann:***@db/chat"
+        );
+        assert_eq!(
+            redact("postgresql://db/chat?user=ann&password=s3cret&sslmode=require"),
+            "postgresql://db/chat?user=ann&password=***&sslmode=require"
+        );
+        assert_eq!(percent_decode("%aé%2F%"), "%aé/%");
         let err = Target::parse(
             "postgres://ann:s3cret@db/chat?sslmode=bogus",
             None,

@@ -62,7 +62,7 @@ use uuid::Uuid;
 use super::{
     bus,
     pgconn::{self, PgOptions, Target},
-    Page, Result, Staged, StoreError,
+    Committed, Page, Result, Staged, StoreError,
 };
 use crate::model::{member_set_key, Append, ChatRecord, Message, Outcome};
 
@@ -183,6 +183,9 @@ impl PgStore {
     pub async fn migrate(&self, apply: bool) -> Result<SchemaStatus> {
         let mut client = self.pool.get().await?;
         if apply {
+            // A migration may build an index on a big table: no statement
+            // timeout for this session while it migrates.
+            client.batch_execute("SET statement_timeout = 0").await?;
             client
                 .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
                 .await?;
@@ -241,6 +244,7 @@ impl PgStore {
             let _ = client
                 .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
                 .await;
+            let _ = client.batch_execute("RESET statement_timeout").await;
         }
         result
     }
@@ -297,28 +301,43 @@ impl PgStore {
     }
 
     /// Appends a group of messages in transactions of at most `batch_max`
-    /// (see the module docs).
-    pub async fn commit(&self, batch: Vec<Staged>) -> Result<Vec<Outcome>> {
+    /// (see the module docs), stopping at the first that fails: the
+    /// outcomes of those before it stand.
+    pub async fn commit(&self, batch: Vec<Staged>) -> Committed {
+        let mut outcomes = Vec::with_capacity(batch.len());
         let mut appends = Vec::with_capacity(batch.len());
         for staged in batch {
             match staged {
                 Staged::Deferred(a) => appends.push(a),
                 // Not made by this backend's stage.
                 Staged::Written(m) | Staged::Existing { stored: m, .. } => {
-                    return Err(StoreError::Postgres(format!(
-                        "message {} was staged by another backend",
-                        m.id
-                    )))
+                    return Committed {
+                        outcomes,
+                        failed: Some(StoreError::Postgres(format!(
+                            "message {} was staged by another backend",
+                            m.id
+                        ))),
+                    }
                 }
             }
         }
-        let mut out = Vec::with_capacity(appends.len());
         let mut rest = appends.into_iter().peekable();
         while rest.peek().is_some() {
             let group: Vec<Append> = rest.by_ref().take(self.batch_max).collect();
-            out.extend(self.commit_group(group).await?);
+            match self.commit_group(group).await {
+                Ok(done) => outcomes.extend(done),
+                Err(e) => {
+                    return Committed {
+                        outcomes,
+                        failed: Some(e),
+                    }
+                }
+            }
         }
-        Ok(out)
+        Committed {
+            outcomes,
+            failed: None,
+        }
     }
 
     async fn commit_group(&self, appends: Vec<Append>) -> Result<Vec<Outcome>> {
@@ -748,6 +767,7 @@ fn is_unreachable(e: &StoreError) -> bool {
                 && !msg.contains("does not exist")
                 && !msg.contains("no pg_hba.conf entry")
                 && !msg.contains("invalid peer certificate")
+                && !msg.contains("permission denied")
         }
         _ => false,
     }

@@ -285,7 +285,13 @@ impl SledStore {
                     *d = (*d).max(msg.seq);
                     Outcome::Stored(msg)
                 }
-                Staged::Existing { stored, same } => Outcome::Existing { stored, same },
+                Staged::Existing { stored, same } => {
+                    // Written before this flush (maybe by a send whose own
+                    // flush failed): durable now, and so is all before it.
+                    let d = durable.entry(stored.chat).or_default();
+                    *d = (*d).max(stored.seq);
+                    Outcome::Existing { stored, same }
+                }
                 Staged::Deferred(a) => {
                     return Err(StoreError::Config(format!(
                         "message {} was staged by another backend",
