@@ -13,7 +13,8 @@
 //!   each with its schema at the top, and the bus between replicas.
 //! - [`transfer`]: `chat export` / `chat import` (JSON lines).
 //! - [`http`]: the HTTP/JSON interface and Connect over WebSocket.
-//! - [`health`]: `grpc.health.v1.Health`, NOT_SERVING once shutdown begins.
+//! - [`auth`]: who is calling (JWT, a sidecar's header); the rules live in [`chat`].
+//! - [`health`]: `grpc.health.v1.Health`: liveness, and readiness that follows the store.
 //! - [`metrics`]: counters and histograms, as Prometheus text.
 //! - [`config`]: flags and `CHAT_*` environment variables.
 //!
