@@ -433,6 +433,8 @@ async fn header_mode_takes_the_identity_from_the_sidecar_header_and_tokens_never
             "jwt",
             "--jwt-secret-file",
             secret.to_str().unwrap(),
+            "--jwt-service-scope",
+            "chat:service",
         ],
     )
     .await;
@@ -441,7 +443,14 @@ async fn header_mode_takes_the_identity_from_the_sidecar_header_and_tokens_never
         user("ann"),
         token(json!({"sub": "ann", "exp": now() - 100})),
     );
-    c.new_chat(bearer(&good, pb::NewRequest::default()))
+    let open = c
+        .new_chat(bearer(&good, pb::NewRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .chat_id;
+    let service = token(json!({"sub": "backend", "scope": "chat:service"}));
+    c.send(bearer(&service, send_req(&open, "bob", "s", "for bob")))
         .await
         .unwrap();
     c.new_chat(bearer(&expired, pb::NewRequest::default()))
@@ -453,7 +462,11 @@ async fn header_mode_takes_the_identity_from_the_sidecar_header_and_tokens_never
         log.contains("chat.Auth.InvalidToken"),
         "refusals are logged: {log}"
     );
-    for t in [&good, &expired] {
+    assert!(
+        log.contains("a service acting for a user") && log.contains("\"service\":\"backend\""),
+        "a service's acts are logged with its identity: {log}"
+    );
+    for t in [&good, &expired, &service] {
         assert!(!log.contains(t.as_str()), "a token in the log: {log}");
         let signature = t.rsplit('.').next().unwrap();
         assert!(!log.contains(signature), "a token's signature in the log");

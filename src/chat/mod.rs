@@ -156,8 +156,10 @@ impl Chats {
     /// `Invalid`/`TooLarge` for bad ids or too many users;
     /// `PermissionDenied` for a caller not among them; `Store`.
     pub async fn new_chat(&self, user_ids: Vec<String>, caller: Caller<'_>) -> Result<Uuid> {
-        if let Some(who) = caller.filter(|c| !c.service) {
-            if !user_ids.is_empty() && !user_ids.contains(&who.user) {
+        if let Some(who) = caller {
+            if who.service && !user_ids.is_empty() && !user_ids.contains(&who.user) {
+                acting_for(who, "New", &user_ids.join(","));
+            } else if !user_ids.is_empty() && !user_ids.contains(&who.user) {
                 return Err(Error::PermissionDenied(
                     "chat.New.NotAMember",
                     format!(
@@ -213,7 +215,9 @@ impl Chats {
         if let Some(who) = caller {
             if draft.user_id.is_empty() {
                 draft.user_id.clone_from(&who.user);
-            } else if draft.user_id != who.user && !who.service {
+            } else if who.service && draft.user_id != who.user {
+                acting_for(who, "Send", &draft.user_id);
+            } else if draft.user_id != who.user {
                 return Err(Error::PermissionDenied(
                     "chat.Send.WrongUser",
                     format!(
@@ -331,8 +335,10 @@ impl Chats {
             return Err(invalid("chat.History.MissingChatID", "chat_id is required"));
         }
         let chat = self.chat("chat.History.InvalidChatID", chat_id).await?;
-        if let Some(who) = caller.filter(|c| !c.service) {
-            chat.check_member("chat.History.NotAMember", &who.user)?;
+        match caller {
+            Some(who) if who.service => acting_for(who, "History", chat_id),
+            Some(who) => chat.check_member("chat.History.NotAMember", &who.user)?,
+            None => {}
         }
         if before_seq.is_some() && after_seq.is_some() {
             return Err(invalid(
@@ -370,6 +376,10 @@ impl Chats {
     ) -> Result<Subscription> {
         let user_id = match caller {
             Some(who) if user_id.is_empty() => who.user.as_str(),
+            Some(who) if user_id != who.user && who.service => {
+                acting_for(who, "Connect", user_id);
+                user_id
+            }
             Some(who) if user_id != who.user && !who.service => {
                 return Err(Error::PermissionDenied(
                     "chat.Connect.WrongUser",
@@ -527,6 +537,17 @@ fn check_id(error_id: &'static str, field: &str, id: &str, limits: &Limits) -> R
         ));
     }
     Ok(())
+}
+
+/// Logs a service acting for a user (or reading a chat it is not in), so
+/// that what a service did is traceable to it.
+fn acting_for(service: &Identity, method: &str, on_behalf_of: &str) {
+    tracing::info!(
+        method,
+        service = %service.user,
+        on_behalf_of,
+        "a service acting for a user"
+    );
 }
 
 fn now() -> i64 {
