@@ -318,10 +318,6 @@ impl SledStore {
         self.stored_last_seq(chat)
     }
 
-    fn durable(&self, chat: &Uuid) -> Result<u64> {
-        self.last_seq(chat)
-    }
-
     /// The highest seq written to the chat, durable or not.
     fn stored_last_seq(&self, chat: &Uuid) -> Result<u64> {
         let prefix = message_prefix(chat);
@@ -377,7 +373,11 @@ impl SledStore {
     /// sled 0.34 that is cheaper than its range iterator, which copies a tree
     /// node per step (measured with chat-bench scenario 4).
     pub fn read(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
-        let last = last.min(self.durable(chat)?);
+        self.read_known(chat, first, last.min(self.last_seq(chat)?), limit)
+    }
+
+    /// As [`SledStore::read`], for a `last` already known durable.
+    fn read_known(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
         let mut page = Vec::new();
         let mut seq = first;
         while seq <= last && page.len() < limit {
@@ -400,10 +400,10 @@ impl SledStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page> {
-        let durable = self.durable(chat)?;
+        let durable = self.last_seq(chat)?;
         match after {
             Some(after) => {
-                let messages = self.read(chat, after.saturating_add(1), durable, limit)?;
+                let messages = self.read_known(chat, after.saturating_add(1), durable, limit)?;
                 let has_more = messages.last().is_some_and(|m| m.seq < durable);
                 Ok(Page { messages, has_more })
             }
@@ -411,7 +411,7 @@ impl SledStore {
                 // Seqs are gap-free 1..=durable, so the page's first seq is known.
                 let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
                 let first = last.saturating_sub(limit as u64 - 1).max(1);
-                let messages = self.read(chat, first, last, limit)?;
+                let messages = self.read_known(chat, first, last, limit)?;
                 let has_more = messages.first().is_some_and(|m| m.seq > 1);
                 Ok(Page { messages, has_more })
             }
