@@ -144,8 +144,9 @@ pub struct Config {
     pub cors_origins: Vec<String>,
 
     /// How callers are identified: `none` (anyone may act as any user: for
-    /// the embedded quick start), `jwt` (a bearer token on every call), or
-    /// `header` (a trusted sidecar's header, see --auth-header).
+    /// the embedded quick start), `jwt` (a bearer token on every call),
+    /// `header` (a trusted sidecar's header, see --auth-header) or `mtls`
+    /// (the client certificate, see --tls-client-ca).
     #[arg(long, env = "CHAT_AUTH", value_enum, default_value_t = AuthMode::None, global = true)]
     pub auth: AuthMode,
 
@@ -166,6 +167,31 @@ pub struct Config {
     /// With --auth jwt: a JWKS document; the token's `kid` picks the key.
     #[arg(long, env = "CHAT_JWKS_FILE", global = true)]
     pub jwks_file: Option<PathBuf>,
+
+    /// With --auth jwt: an identity provider's JWKS endpoint (https://),
+    /// fetched at startup, every --jwks-refresh seconds, and when a token
+    /// names an unknown `kid`.
+    #[arg(long, env = "CHAT_JWKS_URL", global = true)]
+    pub jwks_url: Option<String>,
+
+    /// With --jwks-url: trust only the CA certificates in this PEM file
+    /// (default: the public web roots).
+    #[arg(long, env = "CHAT_JWKS_CA_FILE", global = true)]
+    pub jwks_ca_file: Option<PathBuf>,
+
+    /// With --jwks-url: seconds between fetches of the key set.
+    #[arg(long, env = "CHAT_JWKS_REFRESH", default_value_t = 300, global = true)]
+    pub jwks_refresh: u64,
+
+    /// With --jwks-url: the fewest seconds between two fetches caused by
+    /// tokens naming an unknown `kid` (a rate limit on the provider).
+    #[arg(
+        long,
+        env = "CHAT_JWKS_REFRESH_MIN",
+        default_value_t = 30,
+        global = true
+    )]
+    pub jwks_refresh_min: u64,
 
     /// With --auth jwt: the required `iss`.
     #[arg(long, env = "CHAT_JWT_ISSUER", global = true)]
@@ -192,6 +218,25 @@ pub struct Config {
     /// which may act for any user (e.g. chat:service).
     #[arg(long, env = "CHAT_JWT_SERVICE_SCOPE", global = true)]
     pub jwt_service_scope: Option<String>,
+
+    /// A PEM certificate chain: serve TLS (h2 and http/1.1 by ALPN) on
+    /// --listen. Re-read with the key on SIGHUP.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A PEM file of CA certificates: every client must present a
+    /// certificate one of them signed (mutual TLS; see --auth mtls).
+    #[arg(long, env = "CHAT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Address to serve only grpc.health.v1 on, in plaintext (for
+    /// Kubernetes' gRPC probes, which cannot speak TLS). Off when unset.
+    #[arg(long, env = "CHAT_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 
     /// Address to serve Prometheus metrics on, at /metrics (off when unset).
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
@@ -245,6 +290,7 @@ pub enum AuthMode {
     None,
     Jwt,
     Header,
+    Mtls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -296,11 +342,21 @@ impl Config {
         }))
     }
 
-    /// The authenticator the flags describe.
+    /// TLS, when --tls-cert is set.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// The authenticator the flags describe (with --jwks-url, after the
+    /// first fetch of the key set).
     ///
     /// # Errors
     /// A mode without what it needs, or a key that cannot be read.
-    pub fn auth(&self) -> Result<crate::auth::Auth, String> {
+    pub async fn auth(&self) -> Result<crate::auth::Auth, String> {
         use crate::auth::{Auth, Jwt, JwtOptions};
         Ok(match self.auth {
             AuthMode::None => Auth::None,
@@ -311,16 +367,31 @@ impl Config {
                     .filter(|h| !h.is_empty())
                     .ok_or("--auth header needs --auth-header NAME (e.g. x-user-id)")?,
             ),
-            AuthMode::Jwt => Auth::Jwt(Box::new(Jwt::new(&JwtOptions {
-                secret_file: self.jwt_secret_file.as_deref(),
-                public_key_file: self.jwt_public_key_file.as_deref(),
-                jwks_file: self.jwks_file.as_deref(),
-                issuer: self.jwt_issuer.as_deref(),
-                audience: self.jwt_audience.as_deref(),
-                leeway: Duration::from_secs(self.jwt_leeway),
-                user_claim: &self.jwt_user_claim,
-                service_scope: self.jwt_service_scope.as_deref(),
-            })?)),
+            AuthMode::Mtls => {
+                if self.tls_client_ca.is_none() {
+                    return Err(
+                        "--auth mtls needs --tls-cert, --tls-key and --tls-client-ca".into(),
+                    );
+                }
+                Auth::Mtls
+            }
+            AuthMode::Jwt => Auth::Jwt(Box::new(
+                Jwt::new(&JwtOptions {
+                    secret_file: self.jwt_secret_file.as_deref(),
+                    public_key_file: self.jwt_public_key_file.as_deref(),
+                    jwks_file: self.jwks_file.as_deref(),
+                    jwks_url: self.jwks_url.as_deref(),
+                    jwks_ca_file: self.jwks_ca_file.as_deref(),
+                    jwks_refresh: Duration::from_secs(self.jwks_refresh),
+                    jwks_refresh_min: Duration::from_secs(self.jwks_refresh_min),
+                    issuer: self.jwt_issuer.as_deref(),
+                    audience: self.jwt_audience.as_deref(),
+                    leeway: Duration::from_secs(self.jwt_leeway),
+                    user_claim: &self.jwt_user_claim,
+                    service_scope: self.jwt_service_scope.as_deref(),
+                })
+                .await?,
+            )),
         })
     }
 

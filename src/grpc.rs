@@ -20,6 +20,7 @@ use crate::{
     metrics::Metrics,
     model::Message,
     pb,
+    tls::PeerIdentity,
 };
 
 /// The `chat.Chat` service.
@@ -40,13 +41,16 @@ impl ChatService {
     }
 
     /// The verified caller of a call (see [`identify`]).
-    fn caller(&self, md: &MetadataMap) -> Result<Option<Identity>, Error> {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Option<Identity>, Error> {
+        let md = request.metadata();
         identify(
             &self.auth,
             &self.metrics,
             |name| md.get(name).and_then(|v| v.to_str().ok()),
             None,
+            request.extensions().get::<PeerIdentity>(),
         )
+        .await
     }
 
     /// Runs a unary call, then counts and logs it.
@@ -80,7 +84,7 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::NewRequest>,
     ) -> Result<Response<pb::NewResponse>, Status> {
         self.observe("New", "", async {
-            let caller = self.caller(request.metadata())?;
+            let caller = self.caller(&request).await?;
             let chat = self
                 .chats
                 .new_chat(request.into_inner().user_ids, caller.as_ref())
@@ -96,7 +100,7 @@ impl pb::chat_server::Chat for ChatService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let caller = self.caller(request.metadata());
+        let caller = self.caller(&request).await;
         let req = request.into_inner();
         self.observe("History", &req.chat_id, async {
             let page = self
@@ -121,7 +125,7 @@ impl pb::chat_server::Chat for ChatService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let caller = self.caller(request.metadata());
+        let caller = self.caller(&request).await;
         let req = request.into_inner();
         // Tests only (never in a normal build): a request that panics, to
         // prove one failing request cannot take down the server.
@@ -151,7 +155,7 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<Streaming<pb::Message>>,
     ) -> Result<Response<ConnectStream>, Status> {
         let chat_id = metadata(request.metadata(), "chat-id").unwrap_or_default();
-        let mut sub = match self.subscribe(request.metadata()).await {
+        let mut sub = match self.subscribe(&request).await {
             Ok(sub) => sub,
             Err(e) => {
                 let status = Status::from(e);
@@ -216,8 +220,9 @@ impl pb::chat_server::Chat for ChatService {
 
 impl ChatService {
     /// Opens the subscription a Connect call asks for in its metadata.
-    async fn subscribe(&self, md: &MetadataMap) -> Result<Subscription, Error> {
-        let caller = self.caller(md)?;
+    async fn subscribe<T>(&self, request: &Request<T>) -> Result<Subscription, Error> {
+        let caller = self.caller(request).await?;
+        let md = request.metadata();
         let since_seq = match metadata(md, "since-seq")? {
             s if s.is_empty() => None,
             s => Some(s.trim().parse::<u64>().map_err(|_| {
@@ -274,18 +279,20 @@ enum Event {
 
 /// The verified caller of a request over any wire: `get` reads a header
 /// (gRPC metadata) by its lower-case name; `token` is a bearer token found
-/// elsewhere (a WebSocket's subprotocols or query). Refusals are counted by
+/// elsewhere (a WebSocket's subprotocols or query); `peer` is who the
+/// connection's client certificate names. Refusals are counted by
 /// reason; no token ever reaches a log or a metric.
 ///
 /// # Errors
 /// `Unauthenticated` when auth is on and the credential is missing or bad.
-pub(crate) fn identify<'a>(
+pub(crate) async fn identify<'a>(
     auth: &Auth,
     metrics: &Metrics,
     get: impl Fn(&str) -> Option<&'a str>,
     token: Option<&str>,
+    peer: Option<&PeerIdentity>,
 ) -> Result<Option<Identity>, Error> {
-    let result = auth.identify(get, token);
+    let result = auth.identify(get, token, peer).await;
     if let Err(e) = &result {
         let counter = match e.id() {
             "chat.Auth.MissingToken" => &metrics.auth_missing,

@@ -14,7 +14,7 @@ use axum::{
             rejection::WebSocketUpgradeRejection, CloseFrame, Message as WsMessage, WebSocket,
             WebSocketUpgrade,
         },
-        Query, State,
+        Extension, Query, State,
     },
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -28,6 +28,7 @@ use crate::{
     chat::{Chats, Subscription},
     error::Error,
     grpc, pb,
+    tls::PeerIdentity,
 };
 
 #[derive(Clone)]
@@ -58,13 +59,20 @@ const WS_PROTOCOL: &str = "chat.v1";
 
 impl Http {
     /// The verified caller of a request (see `grpc::identify`).
-    fn caller(&self, headers: &HeaderMap, token: Option<&str>) -> Result<Option<Identity>, Error> {
+    async fn caller(
+        &self,
+        headers: &HeaderMap,
+        token: Option<&str>,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Option<Identity>, Error> {
         grpc::identify(
             &self.auth,
             self.chats.metrics(),
             |name| headers.get(name).and_then(|v| v.to_str().ok()),
             token,
+            peer,
         )
+        .await
     }
 }
 
@@ -80,10 +88,16 @@ pub async fn fallback(headers: HeaderMap) -> Response {
     error_body(StatusCode::NOT_FOUND, "chat.NotFound", "no such endpoint; see README (POST /chat/Chat/New, /History, /Send; GET /chat/Chat/Connect)")
 }
 
-async fn new(State(http): State<Http>, headers: HeaderMap, body: Body) -> Response {
+async fn new(
+    State(http): State<Http>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     handle(
         &http,
         "New",
+        peer.map(|Extension(p)| p),
         headers,
         body,
         |http, req: pb::NewRequest, caller| async move {
@@ -96,10 +110,16 @@ async fn new(State(http): State<Http>, headers: HeaderMap, body: Body) -> Respon
     .await
 }
 
-async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Response {
+async fn history(
+    State(http): State<Http>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     handle(
         &http,
         "History",
+        peer.map(|Extension(p)| p),
         headers,
         body,
         |http, req: pb::HistoryRequest, caller| async move {
@@ -122,10 +142,16 @@ async fn history(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
     .await
 }
 
-async fn send(State(http): State<Http>, headers: HeaderMap, body: Body) -> Response {
+async fn send(
+    State(http): State<Http>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     handle(
         &http,
         "Send",
+        peer.map(|Extension(p)| p),
         headers,
         body,
         |http, req: pb::SendRequest, caller| async move {
@@ -143,6 +169,7 @@ async fn send(State(http): State<Http>, headers: HeaderMap, body: Body) -> Respo
 async fn handle<Req, Resp, F, Fut>(
     http: &Http,
     method: &'static str,
+    peer: Option<PeerIdentity>,
     headers: HeaderMap,
     body: Body,
     call: F,
@@ -179,7 +206,7 @@ where
         );
     }
     let result = async {
-        let caller = http.caller(&headers, None)?;
+        let caller = http.caller(&headers, None, peer.as_ref()).await?;
         let bytes: Bytes = axum::body::to_bytes(body, http.max_body)
             .await
             .map_err(|_| {
@@ -240,6 +267,7 @@ struct ConnectQuery {
 /// semantics (echo, catch-up, bounded memory, ended at shutdown).
 async fn connect(
     State(http): State<Http>,
+    peer: Option<Extension<PeerIdentity>>,
     headers: HeaderMap,
     query: Result<Query<ConnectQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -272,7 +300,8 @@ async fn connect(
         .find_map(|p| p.trim().strip_prefix("bearer."))
         .or(q.access_token.as_deref());
     let subscribed = async {
-        let caller = http.caller(&headers, token)?;
+        let peer = peer.as_ref().map(|Extension(p)| p);
+        let caller = http.caller(&headers, token, peer).await?;
         http.chats
             .subscribe(&q.chat_id, &q.user_id, since, caller.as_ref())
             .await

@@ -13,7 +13,9 @@
 //!   each with its schema at the top, and the bus between replicas.
 //! - [`transfer`]: `chat export` / `chat import` (JSON lines).
 //! - [`http`]: the HTTP/JSON interface and Connect over WebSocket.
-//! - [`auth`]: who is calling (JWT, a sidecar's header); the rules live in [`chat`].
+//! - [`auth`]: who is calling (JWT, a sidecar's header, a client
+//!   certificate); the rules live in [`chat`].
+//! - [`tls`]: TLS on the one port, client certificates, reload.
 //! - [`health`]: `grpc.health.v1.Health`: liveness, and readiness that follows the store.
 //! - [`metrics`]: counters and histograms, as Prometheus text.
 //! - [`config`]: flags and `CHAT_*` environment variables.
@@ -32,6 +34,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod tls;
 pub mod transfer;
 
 /// Generated from `proto/chat.proto`.
@@ -50,7 +53,7 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
 }
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -77,6 +80,10 @@ pub enum RunError {
     Store(String),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot serve health on --health-listen: {0}")]
+    Health(std::io::Error),
     #[error("invalid --cors-origins: {0}")]
     Cors(String),
     #[error("final flush of the store failed: {0}")]
@@ -100,6 +107,20 @@ pub struct Server {
     /// With a shared database: the wake-ups from other replicas.
     replicas: Option<(store::bus::Listener, chat::Follower)>,
     metrics_listener: Option<std::net::TcpListener>,
+    health_listener: Option<std::net::TcpListener>,
+    auth: Arc<auth::Auth>,
+    tls: Option<Arc<tls::Tls>>,
+}
+
+/// Binds a side port (metrics, health) before the store opens, so a taken
+/// address fails startup at once.
+fn bind_side(addr: Option<std::net::SocketAddr>) -> std::io::Result<Option<std::net::TcpListener>> {
+    addr.map(|addr| {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .transpose()
 }
 
 /// Opens the store a config names: the sled directory, or the database
@@ -132,16 +153,15 @@ impl Server {
     /// `--pg-connect-timeout`), or the metrics address cannot be bound.
     pub async fn open(config: Config) -> Result<Server, RunError> {
         let spec = config.store_spec().map_err(RunError::Store)?;
-        let store = open_store(&config, &spec).await?;
-        let metrics_listener = config
-            .metrics_listen
-            .map(|addr| {
-                let l = std::net::TcpListener::bind(addr)?;
-                l.set_nonblocking(true)?;
-                Ok(l)
-            })
+        let tls = config
+            .tls_files()
+            .map(|files| tls::Tls::load(files).map(Arc::new))
             .transpose()
-            .map_err(RunError::Metrics)?;
+            .map_err(RunError::Tls)?;
+        let auth = Arc::new(config.auth().await.map_err(RunError::Auth)?);
+        let metrics_listener = bind_side(config.metrics_listen).map_err(RunError::Metrics)?;
+        let health_listener = bind_side(config.health_listen).map_err(RunError::Health)?;
+        let store = open_store(&config, &spec).await?;
         let (chats, committer) = chat::Chats::start(store.clone(), config.limits());
         let replicas = match &spec {
             StoreSpec::Postgres(opts) => {
@@ -166,6 +186,9 @@ impl Server {
             committer,
             replicas,
             metrics_listener,
+            health_listener,
+            auth,
+            tls,
         })
     }
 
@@ -194,13 +217,19 @@ impl Server {
             committer,
             replicas,
             metrics_listener,
+            health_listener,
+            auth,
+            tls,
         } = self;
         // Everything that can fail before serving, in one place: if it does,
         // the tasks `open` started are stopped before the error is returned.
         let built = (|| {
-            let health = tonic_health::pb::health_server::HealthServer::new(
-                health::HealthService::new(chats.closing(), chats.ready()),
-            );
+            let health = || {
+                tonic_health::pb::health_server::HealthServer::new(health::HealthService::new(
+                    chats.closing(),
+                    chats.ready(),
+                ))
+            };
             let reflection = || {
                 tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -212,7 +241,6 @@ impl Server {
             // grpcurl before 1.9 speaks only v1alpha.
             let reflection_v1alpha = reflection().build_v1alpha().map_err(RunError::Reflection)?;
 
-            let auth = std::sync::Arc::new(config.auth().map_err(RunError::Auth)?);
             if matches!(*auth, auth::Auth::None)
                 && !listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
             {
@@ -229,7 +257,7 @@ impl Server {
             // gRPC (and gRPC-Web, for browser clients of the unary RPCs) and the
             // HTTP/JSON interface on one port, told apart by path.
             let web = tonic_web::GrpcWebLayer::new();
-            let grpc_routes = tonic::service::Routes::new(web.layer(health))
+            let grpc_routes = tonic::service::Routes::new(web.layer(health()))
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(web.layer(service))
@@ -239,7 +267,7 @@ impl Server {
                 // escapes): room for a full-size message in any spelling.
                 .merge(http::router(
                     chats.clone(),
-                    auth,
+                    auth.clone(),
                     4 * config.max_decoding_bytes(),
                 ))
                 .fallback(http::fallback);
@@ -247,13 +275,33 @@ impl Server {
                 app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
             }
             if let Ok(addr) = listener.local_addr() {
+                let tls = match &tls {
+                    None => "off",
+                    Some(tls) if tls.requires_client_cert() => "on, client certificates required",
+                    Some(_) => "on",
+                };
                 match &spec {
                     StoreSpec::Postgres(opts) => {
-                        tracing::info!(%addr, store = %store::pgconn::redact(&opts.url), "serving gRPC")
+                        tracing::info!(%addr, tls, store = %store::pgconn::redact(&opts.url), "serving gRPC")
                     }
-                    StoreSpec::Sled(dir) => tracing::info!(%addr, data_dir = ?dir, "serving gRPC"),
+                    StoreSpec::Sled(dir) => {
+                        tracing::info!(%addr, tls, data_dir = ?dir, "serving gRPC")
+                    }
                 }
             }
+            let health_server = health_listener
+                .map(|l| {
+                    let l = TcpListener::from_std(l)?;
+                    tracing::info!(addr = %l.local_addr()?, "serving grpc.health.v1 in plaintext");
+                    let routes = tonic::service::Routes::new(health()).into_axum_router();
+                    Ok::<_, std::io::Error>(tokio::spawn(async move {
+                        if let Err(e) = axum::serve(l, routes).await {
+                            tracing::error!("health server failed: {e}");
+                        }
+                    }))
+                })
+                .transpose()
+                .map_err(RunError::Health)?;
             let metrics_server = metrics_listener
                 .map(|l| {
                     let l = TcpListener::from_std(l)?;
@@ -262,9 +310,9 @@ impl Server {
                 })
                 .transpose()
                 .map_err(RunError::Metrics)?;
-            Ok((app, metrics_server))
+            Ok((app, metrics_server, health_server))
         })();
-        let (app, metrics_server) = match built {
+        let (app, metrics_server, health_server) = match built {
             Ok(built) => built,
             Err(e) => {
                 committer.stop().await;
@@ -287,6 +335,13 @@ impl Server {
             .keep_alive_timeout(Duration::from_secs(config.keepalive_timeout))
             .max_concurrent_streams(config.max_concurrent_streams);
         let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        // SIGHUP re-reads the certificate and the JWT keys; `--jwks-url`
+        // is fetched again every `--jwks-refresh`. Both end with serving.
+        let reloader = tokio::spawn(reload_on_sighup(tls.clone(), auth.clone()));
+        let refresher = tokio::spawn({
+            let auth = auth.clone();
+            async move { auth.refresh_keys().await }
+        });
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -303,11 +358,46 @@ impl Server {
                     // No Nagle: small responses (acks, echoes) must not wait
                     // for the client's delayed ACK.
                     let _ = tcp.set_nodelay(true);
-                    let svc = TowerToHyperService::new(app.clone());
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
-                    let conn = connections.watch(conn.into_owned());
+                    let Some(tls) = &tls else {
+                        let svc = TowerToHyperService::new(app.clone());
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                        let conn = connections.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!("connection ended: {e}");
+                            }
+                        });
+                        continue;
+                    };
+                    // The handshake runs in the connection's task, so a
+                    // client that never finishes it holds up no one else.
+                    let acceptor = tls.acceptor();
+                    let (app, builder, watcher) = (app.clone(), builder.clone(), connections.watcher());
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                            Err(_) => return tracing::debug!("TLS handshake timed out"),
+                        };
+                        // Who the client certificate (if any) names, on every
+                        // request of the connection.
+                        let peer = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first())
+                            .and_then(tls::peer_identity);
+                        let svc = tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
+                            if let Some(peer) = &peer {
+                                req.extensions_mut().insert(peer.clone());
+                            }
+                            req
+                        });
+                        let conn = builder.serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            TowerToHyperService::new(svc),
+                        );
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
                             tracing::debug!("connection ended: {e}");
                         }
                     });
@@ -315,6 +405,8 @@ impl Server {
                 () = &mut shutdown => break,
             }
         }
+        reloader.abort();
+        refresher.abort();
         drop(listener);
         tracing::info!(
             "shutting down: NOT_SERVING, ending live streams, finishing in-flight calls"
@@ -328,7 +420,7 @@ impl Server {
                 "drain timeout: closing the calls still open"
             ),
         }
-        if let Some(task) = metrics_server {
+        for task in [metrics_server, health_server].into_iter().flatten() {
             task.abort();
         }
         // Every acknowledged message was flushed before its ack; this answers
@@ -343,6 +435,42 @@ impl Server {
         tracing::info!("stopped; store flushed");
         Ok(())
     }
+}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Re-reads the TLS files and the JWT keys on every SIGHUP, until aborted.
+/// A reload that fails keeps what is in use, and says why.
+async fn reload_on_sighup(tls: Option<Arc<tls::Tls>>, auth: Arc<auth::Auth>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("cannot watch SIGHUP: {e}"),
+        };
+        while hangups.recv().await.is_some() {
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS reload failed, keeping the old certificate: {e}"
+                    ),
+                }
+            }
+            if matches!(*auth, auth::Auth::Jwt(_)) {
+                match auth.reload().await {
+                    Ok(()) => tracing::info!("SIGHUP: JWT keys reloaded"),
+                    Err(e) => {
+                        tracing::error!("SIGHUP: JWT key reload failed, keeping the old keys: {e}")
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tls, auth);
 }
 
 /// Serves `GET /metrics` (Prometheus text) until aborted.

@@ -8,6 +8,8 @@
 //! a restart finds its data); otherwise the sled store in the test dir.
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod pki;
+
 use std::{net::SocketAddr, path::Path};
 
 use chat::{pb, Config};
@@ -98,10 +100,14 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
+        TestServer::serve(chat::Server::open(config).await.unwrap()).await
+    }
+
+    /// Serves an opened server on `127.0.0.1:0`.
+    pub async fn serve(server: chat::Server) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = chat::Server::open(config).await.unwrap();
         let chats = server.chats();
         let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
@@ -242,6 +248,7 @@ pub struct Binary {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub health_addr: Option<SocketAddr>,
     /// Every log line so far (stderr is drained so the child never blocks).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -280,8 +287,12 @@ impl Binary {
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let wants_metrics = extra.contains(&"--metrics-listen");
-        let (mut addr, mut metrics_addr) = (None, None);
-        while addr.is_none() || (wants_metrics && metrics_addr.is_none()) {
+        let wants_health = extra.contains(&"--health-listen");
+        let (mut addr, mut metrics_addr, mut health_addr) = (None, None, None);
+        while addr.is_none()
+            || (wants_metrics && metrics_addr.is_none())
+            || (wants_health && health_addr.is_none())
+        {
             let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
                 .await
                 .expect("chat logs within 30 s")
@@ -295,6 +306,7 @@ impl Binary {
             match v["fields"]["message"].as_str() {
                 Some("serving gRPC") => addr = found,
                 Some("serving metrics at /metrics") => metrics_addr = found,
+                Some("serving grpc.health.v1 in plaintext") => health_addr = found,
                 _ => {}
             }
         }
@@ -308,6 +320,7 @@ impl Binary {
             child,
             addr: addr.unwrap(),
             metrics_addr,
+            health_addr,
             log,
         })
     }
