@@ -265,3 +265,107 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_and_streams_resume_elsewhe
         "every send on the survivor acknowledged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_members_only_rules_hold_across_replicas_over_tls() {
+    use common::pki::{self, Ca, JwtKey};
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg_database(dir.path()).await;
+    let ca = Ca::new(dir.path(), "server");
+    let pair = ca.server("server");
+    let key = JwtKey::new("k1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, pki::jwks(&[&key])).unwrap();
+    let mut r = Vec::new();
+    for _ in 0..2 {
+        let args = [
+            "--store",
+            &url,
+            "--tls-cert",
+            pair.cert.to_str().unwrap(),
+            "--tls-key",
+            pair.key.to_str().unwrap(),
+            "--auth",
+            "jwt",
+            "--jwks-file",
+            jwks.to_str().unwrap(),
+        ];
+        r.push(Binary::start(dir.path(), &args).await);
+    }
+    let client = |b: &Binary| {
+        let config = pki::client_config(&ca.cert, None, &["h2"]);
+        let addr = b.addr;
+        async move { pb::chat_client::ChatClient::new(pki::channel(addr, config).await.unwrap()) }
+    };
+    fn signed<T>(key: &JwtKey, user: &str, mut req: tonic::Request<T>) -> tonic::Request<T> {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", key.token(user)).parse().unwrap(),
+        );
+        req
+    }
+    let (mut a, mut b) = (client(&r[0]).await, client(&r[1]).await);
+    let chat = a
+        .new_chat(signed(
+            &key,
+            "ann",
+            tonic::Request::new(pb::NewRequest {
+                user_ids: vec!["ann".into(), "bob".into()],
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .chat_id;
+    // Bob follows on replica b; eve, an outsider, is refused there.
+    let (_tx, req) = connect_request(&chat, "", Some("0"));
+    let mut bob_stream = b
+        .connect(signed(&key, "bob", req))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_eve_tx, req) = connect_request(&chat, "", Some("0"));
+    let err = b.connect(signed(&key, "eve", req)).await.unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "chat.Connect.NotAMember");
+    let history = pb::HistoryRequest {
+        chat_id: chat.clone(),
+        ..Default::default()
+    };
+    let err = b
+        .history(signed(&key, "eve", tonic::Request::new(history.clone())))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "chat.History.NotAMember");
+    // Ann sends on a; bob's stream on b gets it. Ann posing as bob on b is refused.
+    a.send(signed(
+        &key,
+        "ann",
+        tonic::Request::new(send_req(&chat, "", "a1", "hi")),
+    ))
+    .await
+    .unwrap();
+    let err = b
+        .send(signed(
+            &key,
+            "ann",
+            tonic::Request::new(send_req(&chat, "bob", "a2", "as bob")),
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "chat.Send.WrongUser");
+    let got = receive(&mut bob_stream, 1).await;
+    assert_eq!(
+        (got[0].user_id.as_str(), got[0].text.as_str()),
+        ("ann", "hi")
+    );
+    let page = b
+        .history(signed(&key, "bob", tonic::Request::new(history)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.messages.len(),
+        1,
+        "the impostor's message was not stored"
+    );
+}
