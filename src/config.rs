@@ -117,6 +117,28 @@ pub struct Config {
     #[arg(long, env = "CHAT_STREAM_BUFFER", default_value_t = 64)]
     pub stream_buffer: usize,
 
+    /// ...and at most this many bytes of them (but for the first): what a
+    /// stream that stops reading can pin.
+    #[arg(long, env = "CHAT_STREAM_BUFFER_BYTES", default_value_t = 1 << 20)]
+    pub stream_buffer_bytes: usize,
+
+    /// Most bytes of one History page as encoded on the wire (protobuf or
+    /// JSON; but for the first message): a longer page is cut, keeping the
+    /// end next to the cursor, with has_more set.
+    #[arg(long, env = "CHAT_HISTORY_PAGE_BYTES", default_value_t = 1 << 20)]
+    pub history_page_bytes: usize,
+
+    /// MiB of memory for what clients make the server hold (stream
+    /// batches, History pages being sent, recent windows); past it, reads
+    /// wait for room.
+    #[arg(long, env = "CHAT_MEMORY_BUDGET_MB", default_value_t = 256)]
+    pub memory_budget_mb: usize,
+
+    /// Seconds a read waits for room in the memory budget before it is
+    /// refused with RESOURCE_EXHAUSTED chat.Busy.
+    #[arg(long, env = "CHAT_BUDGET_WAIT", default_value_t = 10)]
+    pub budget_wait: u64,
+
     /// Seconds between HTTP/2 keepalive pings, so half-open clients are noticed (0: off).
     #[arg(long, env = "CHAT_KEEPALIVE_INTERVAL", default_value_t = 30)]
     pub keepalive_interval: u64,
@@ -402,12 +424,23 @@ impl Config {
             max_members: self.max_members,
             history_page: self.history_page.max(1),
             stream_buffer: self.stream_buffer.max(1),
+            stream_buffer_bytes: self.stream_buffer_bytes.max(1),
+            history_page_bytes: self.history_page_bytes.max(1),
+            memory_budget: self.memory_budget_mb.max(1) << 20,
+            budget_wait: Duration::from_secs(self.budget_wait),
         }
     }
 
     /// `None` when keepalive is off.
     pub fn keepalive_interval(&self) -> Option<Duration> {
         (self.keepalive_interval > 0).then(|| Duration::from_secs(self.keepalive_interval))
+    }
+
+    /// The largest JSON request body or WebSocket message accepted: a
+    /// full-size message in its longest spelling (JSON escapes such as
+    /// `\u0001` make a byte six), plus room for the field names.
+    pub fn max_json_bytes(&self) -> usize {
+        6 * self.max_decoding_bytes() + 4096
     }
 
     /// The largest gRPC message the server decodes: a full-size Send or a

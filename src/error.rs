@@ -26,6 +26,10 @@ pub enum Error {
     /// An idempotency key was reused for different content.
     #[error("{0}: {1}")]
     AlreadyExists(&'static str, String),
+    /// The server's memory budget is spent (clients not reading what they
+    /// were sent): retry later.
+    #[error("chat.Busy: {0}")]
+    Busy(String),
     /// The service is shutting down: retry elsewhere or later (same client_id).
     #[error("chat.Unavailable: {0}")]
     Unavailable(String),
@@ -45,6 +49,7 @@ impl Error {
             | Error::NotFound(_, d)
             | Error::PermissionDenied(_, d)
             | Error::AlreadyExists(_, d)
+            | Error::Busy(d)
             | Error::Unavailable(d) => d.clone(),
             Error::Store(e) => e.to_string(),
         }
@@ -59,6 +64,7 @@ impl Error {
             | Error::NotFound(id, _)
             | Error::PermissionDenied(id, _)
             | Error::AlreadyExists(id, _) => id,
+            Error::Busy(_) => "chat.Busy",
             Error::Unavailable(_) => "chat.Unavailable",
             Error::Store(_) => "chat.Store",
         }
@@ -85,6 +91,8 @@ impl Error {
             Error::Unauthenticated(..) => (Code::Unauthenticated, 401, 4401),
             Error::PermissionDenied(..) => (Code::PermissionDenied, 403, 4403),
             Error::AlreadyExists(..) => (Code::AlreadyExists, 409, 1008),
+            // 1013 "try again later".
+            Error::Busy(_) => (Code::ResourceExhausted, 503, 1013),
             // 1012 "service restart": reconnect with since_seq.
             Error::Unavailable(_) => (Code::Unavailable, 503, 1012),
             // 1013 "try again later".

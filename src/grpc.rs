@@ -20,6 +20,7 @@ use crate::{
     metrics::Metrics,
     model::Message,
     pb,
+    http::HeldLease,
     tls::PeerIdentity,
 };
 
@@ -102,23 +103,33 @@ impl pb::chat_server::Chat for ChatService {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let caller = self.caller(&request).await;
         let req = request.into_inner();
-        self.observe("History", &req.chat_id, async {
-            let page = self
-                .chats
-                .history(
-                    &req.chat_id,
-                    req.limit,
-                    req.before_seq,
-                    req.after_seq,
-                    caller?.as_ref(),
-                )
-                .await?;
-            Ok(pb::HistoryResponse {
-                messages: page_to_wire(page.messages),
-                has_more: page.has_more,
+        let mut lease = None;
+        let mut response = self
+            .observe("History", &req.chat_id, async {
+                let mut page = self
+                    .chats
+                    .history(
+                        &req.chat_id,
+                        req.limit,
+                        req.before_seq,
+                        req.after_seq,
+                        caller?.as_ref(),
+                    )
+                    .await?;
+                page.fit(wire_len);
+                let resp = pb::HistoryResponse {
+                    messages: page_to_wire(std::mem::take(&mut page.messages)),
+                    has_more: page.has_more,
+                };
+                lease = Some(page.into_lease());
+                Ok(resp)
             })
-        })
-        .await
+            .await?;
+        // Held until the page has been sent (see `http::keep_leases`).
+        if let Some(lease) = lease {
+            response.extensions_mut().insert(HeldLease::new(lease));
+        }
+        Ok(response)
     }
 
     async fn send(
@@ -412,6 +423,23 @@ pub(crate) fn page_to_wire(messages: Vec<Message>) -> Vec<pb::Message> {
             seq: m.seq,
         })
         .collect()
+}
+
+/// The protobuf size of a message in a History page (the chat id is a UUID).
+fn wire_len(m: &Message) -> usize {
+    use prost::encoding::encoded_len_varint as varint;
+    let field = |len: usize| if len == 0 { 0 } else { 1 + varint(len as u64) as usize + len };
+    let len = field(m.id.len())
+        + field(m.client_id.len())
+        + field(36)
+        + field(m.user_id.len())
+        + 1
+        + varint(m.sent_at as u64) as usize
+        + field(m.subject.len())
+        + field(m.text.len())
+        + 1
+        + varint(m.seq) as usize;
+    field(len)
 }
 
 pub(crate) fn to_wire(msg: &Message) -> pb::Message {

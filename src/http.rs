@@ -4,7 +4,10 @@
 //! Same port and same [`Chats`] calls as gRPC: no rule lives here, only
 //! conversion, and the one mapping of [`Error`] to an HTTP error body.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::{Body, Bytes},
@@ -25,7 +28,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     auth::{Auth, Identity},
-    chat::{Chats, Subscription},
+    chat::{budget::Lease, Chats, Subscription},
     error::Error,
     grpc, pb,
     tls::PeerIdentity,
@@ -35,12 +38,21 @@ use crate::{
 struct Http {
     chats: Chats,
     auth: Arc<Auth>,
-    /// Largest request body accepted.
+    /// Largest request body, and largest WebSocket message, accepted.
     max_body: usize,
+    /// WebSocket pings: how often, and how long an answer may take.
+    keepalive: Option<(Duration, Duration)>,
 }
 
-/// The HTTP/JSON routes, to be merged with the gRPC ones.
-pub fn router(chats: Chats, auth: Arc<Auth>, max_body: usize) -> Router {
+/// The HTTP/JSON routes, to be merged with the gRPC ones. `max_body` bounds
+/// request bodies and WebSocket messages; `keepalive` (interval, timeout)
+/// pings WebSocket clients and closes the ones that stop answering.
+pub fn router(
+    chats: Chats,
+    auth: Arc<Auth>,
+    max_body: usize,
+    keepalive: Option<(Duration, Duration)>,
+) -> Router {
     Router::new()
         .route("/chat/Chat/New", post(new))
         .route("/chat/Chat/History", post(history))
@@ -50,6 +62,7 @@ pub fn router(chats: Chats, auth: Arc<Auth>, max_body: usize) -> Router {
             chats,
             auth,
             max_body,
+            keepalive,
         })
 }
 
@@ -102,9 +115,10 @@ async fn new(
         body,
         |http, req: pb::NewRequest, caller| async move {
             let chat = http.chats.new_chat(req.user_ids, caller.as_ref()).await?;
-            Ok(pb::NewResponse {
+            let resp = pb::NewResponse {
                 chat_id: chat.to_string(),
-            })
+            };
+            Ok((resp, None))
         },
     )
     .await
@@ -123,7 +137,7 @@ async fn history(
         headers,
         body,
         |http, req: pb::HistoryRequest, caller| async move {
-            let page = http
+            let mut page = http
                 .chats
                 .history(
                     &req.chat_id,
@@ -133,10 +147,16 @@ async fn history(
                     caller.as_ref(),
                 )
                 .await?;
-            Ok(pb::HistoryResponse {
-                messages: grpc::page_to_wire(page.messages),
+            // Cut to the page's bytes as JSON, which escapes can make far
+            // longer than the text.
+            page.fit(|m| {
+                serde_json::to_vec(&grpc::to_wire(m)).map_or(m.weight(), |json| json.len() + 1)
+            });
+            let resp = pb::HistoryResponse {
+                messages: grpc::page_to_wire(std::mem::take(&mut page.messages)),
                 has_more: page.has_more,
-            })
+            };
+            Ok((resp, Some(page.into_lease())))
         },
     )
     .await
@@ -156,9 +176,10 @@ async fn send(
         body,
         |http, req: pb::SendRequest, caller| async move {
             let msg = http.chats.send(req.into(), caller.as_ref()).await?;
-            Ok(pb::SendResponse {
+            let resp = pb::SendResponse {
                 message: Some(grpc::to_wire(&msg)),
-            })
+            };
+            Ok((resp, None))
         },
     )
     .await
@@ -178,7 +199,7 @@ where
     Req: DeserializeOwned,
     Resp: serde::Serialize,
     F: FnOnce(Http, Req, Option<Identity>) -> Fut,
-    Fut: std::future::Future<Output = Result<Resp, Error>>,
+    Fut: std::future::Future<Output = Result<(Resp, Option<Lease>), Error>>,
 {
     let started = Instant::now();
     let json = headers
@@ -237,8 +258,14 @@ where
         None,
     );
     match result {
-        Ok(resp) => match serde_json::to_vec(&resp) {
-            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok((resp, lease)) => match serde_json::to_vec(&resp) {
+            Ok(body) => {
+                let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+                if let Some(lease) = lease {
+                    resp.extensions_mut().insert(HeldLease::new(lease));
+                }
+                resp
+            }
             Err(e) => error_response(&Error::Unavailable(format!(
                 "cannot encode the response: {e}"
             ))),
@@ -318,11 +345,19 @@ async fn connect(
         );
     };
     let metrics = http.chats.metrics().clone();
+    let keepalive = http.keepalive;
     // Browsers fail the handshake unless one offered protocol is chosen.
+    // No message or frame longer than the longest valid one (tungstenite's
+    // default would let a client make the server buffer 64 MiB), and at
+    // most one message waiting to be written.
     ws.protocols([WS_PROTOCOL])
+        .max_message_size(http.max_body)
+        .max_frame_size(http.max_body)
+        .max_write_buffer_size(WS_WRITE_BUFFER + http.max_body)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let started = Instant::now();
-            let code = pump(socket, sub).await;
+            let code = pump(socket, sub, keepalive).await;
             grpc::finished(
                 &metrics,
                 "Connect",
@@ -334,37 +369,61 @@ async fn connect(
         })
 }
 
+/// Bytes a WebSocket gathers before it writes them out.
+const WS_WRITE_BUFFER: usize = 128 * 1024;
+
 /// Runs one WebSocket until either side ends it; returns how it ended.
-async fn pump(mut socket: WebSocket, mut sub: Subscription) -> tonic::Code {
+/// With `keepalive` (interval, timeout), the client is pinged every
+/// interval and the socket closed when nothing (a pong, a message) has come
+/// for interval + timeout, or when one write has not gone out in that time:
+/// a vanished client does not hold a socket and a stream open.
+async fn pump(
+    mut socket: WebSocket,
+    mut sub: Subscription,
+    keepalive: Option<(Duration, Duration)>,
+) -> tonic::Code {
     let chat_id = sub.chat_id().to_string();
+    let patience = keepalive.map_or(Duration::MAX, |(every, timeout)| every + timeout);
+    let mut pings = keepalive.map(|(every, _)| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            incoming = socket.recv() => match incoming {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let sent = match serde_json::from_str::<pb::Message>(&text) {
-                        Ok(msg) => sub.send(grpc::draft(msg)).await.map(|_| ()),
-                        Err(e) => Err(Error::Invalid("chat.InvalidJSON", format!("a frame is not a valid Message: {e}"))),
-                    };
-                    if let Err(e) = sent {
+            incoming = socket.recv() => {
+                heard = tokio::time::Instant::now();
+                match incoming {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let sent = match serde_json::from_str::<pb::Message>(&text) {
+                            Ok(msg) => sub.send(grpc::draft(msg)).await.map(|_| ()),
+                            Err(e) => Err(Error::Invalid("chat.InvalidJSON", format!("a frame is not a valid Message: {e}"))),
+                        };
+                        if let Err(e) = sent {
+                            close(&mut socket, &e).await;
+                            return grpc::code_of(&e);
+                        }
+                    }
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        let e = Error::Invalid("chat.Connect.BinaryFrame", "send messages as JSON text frames".into());
                         close(&mut socket, &e).await;
                         return grpc::code_of(&e);
                     }
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return tonic::Code::Ok,
+                    Some(Ok(_)) => {} // ping/pong: answered by the library
                 }
-                Some(Ok(WsMessage::Binary(_))) => {
-                    let e = Error::Invalid("chat.Connect.BinaryFrame", "send messages as JSON text frames".into());
-                    close(&mut socket, &e).await;
-                    return grpc::code_of(&e);
-                }
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return tonic::Code::Ok,
-                Some(Ok(_)) => {} // ping/pong: answered by the library
-            },
+            }
             batch = sub.next_batch() => match batch {
                 Ok(batch) => {
                     for msg in batch {
                         let wire = grpc::to_wire_in(&msg, &chat_id);
                         let json = serde_json::to_string(&wire).unwrap_or_default();
-                        if socket.send(WsMessage::Text(json.into())).await.is_err() {
-                            return tonic::Code::Cancelled;
+                        let send = socket.send(WsMessage::Text(json.into()));
+                        match tokio::time::timeout(patience, send).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return tonic::Code::Cancelled,
+                            Err(_) => return timed_out(),
                         }
                     }
                 }
@@ -373,8 +432,23 @@ async fn pump(mut socket: WebSocket, mut sub: Subscription) -> tonic::Code {
                     return grpc::code_of(&e);
                 }
             },
+            _ = async { pings.as_mut().unwrap().tick().await }, if pings.is_some() => {
+                if heard.elapsed() >= patience {
+                    return timed_out();
+                }
+                let ping = socket.send(WsMessage::Ping(Bytes::new()));
+                if !matches!(tokio::time::timeout(patience, ping).await, Ok(Ok(()))) {
+                    return timed_out();
+                }
+            }
         }
     }
+}
+
+/// A WebSocket client that stopped answering.
+fn timed_out() -> tonic::Code {
+    tracing::debug!("closing a WebSocket whose client stopped answering");
+    tonic::Code::DeadlineExceeded
 }
 
 /// Ends a WebSocket with a close frame whose reason is the JSON error body
@@ -392,6 +466,62 @@ async fn close(socket: &mut WebSocket, e: &Error) {
             reason: reason.into(),
         })))
         .await;
+}
+
+/// A lease on the memory budget that lives as long as the response body:
+/// put on a response's extensions by a handler, moved into its body by
+/// [`keep_leases`], given back once the body has been sent (or dropped with
+/// the connection).
+#[derive(Clone)]
+pub struct HeldLease {
+    _lease: Arc<Lease>,
+}
+
+impl HeldLease {
+    pub fn new(lease: Lease) -> HeldLease {
+        HeldLease {
+            _lease: Arc::new(lease),
+        }
+    }
+}
+
+/// The middleware that ties [`HeldLease`]s to response bodies, for every
+/// interface (gRPC handlers put them on their responses too).
+pub async fn keep_leases(mut resp: Response) -> Response {
+    match resp.extensions_mut().remove::<HeldLease>() {
+        None => resp,
+        Some(lease) => resp.map(|body| {
+            Body::new(LeasedBody {
+                body,
+                _lease: lease,
+            })
+        }),
+    }
+}
+
+struct LeasedBody {
+    body: Body,
+    _lease: HeldLease,
+}
+
+impl axum::body::HttpBody for LeasedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// CORS for the configured browser origins (`*`: any).

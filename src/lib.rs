@@ -268,9 +268,13 @@ impl Server {
                 .merge(http::router(
                     chats.clone(),
                     auth.clone(),
-                    4 * config.max_decoding_bytes(),
+                    config.max_json_bytes(),
+                    config
+                        .keepalive_interval()
+                        .map(|every| (every, Duration::from_secs(config.keepalive_timeout))),
                 ))
-                .fallback(http::fallback);
+                .fallback(http::fallback)
+                .layer(axum::middleware::map_response(http::keep_leases));
             if !config.cors_origins.is_empty() {
                 app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
             }

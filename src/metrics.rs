@@ -82,6 +82,13 @@ pub struct Metrics {
     /// Calls refused for want of a credential / for one that did not verify.
     pub auth_missing: AtomicU64,
     pub auth_invalid: AtomicU64,
+    /// The memory budget (`--memory-budget-mb`) and how much of it is leased.
+    pub budget_bytes: AtomicI64,
+    pub budget_used: AtomicI64,
+    /// Reads that had to wait for room in the budget, and those refused
+    /// (`chat.Busy`) after waiting `--budget-wait`.
+    pub budget_waits: AtomicU64,
+    pub budget_refusals: AtomicU64,
 }
 
 impl Metrics {
@@ -115,7 +122,7 @@ impl Metrics {
                 &format!("method=\"{method}\""),
             );
         }
-        let gauges: [(&str, &str, &str, i64); 7] = [
+        let gauges: [(&str, &str, &str, i64); 11] = [
             (
                 "chat_connect_streams_open",
                 "gauge",
@@ -157,6 +164,30 @@ impl Metrics {
                 "counter",
                 "Wake-ups received from other replicas.",
                 self.bus_wakeups.load(Relaxed) as i64,
+            ),
+            (
+                "chat_memory_budget_bytes",
+                "gauge",
+                "The memory budget for what clients make the server hold (--memory-budget-mb).",
+                self.budget_bytes.load(Relaxed),
+            ),
+            (
+                "chat_memory_budget_used_bytes",
+                "gauge",
+                "Bytes of the budget held: stream batches, History pages being sent, recent windows.",
+                self.budget_used.load(Relaxed),
+            ),
+            (
+                "chat_memory_budget_waits_total",
+                "counter",
+                "Reads that waited for room in the memory budget.",
+                self.budget_waits.load(Relaxed) as i64,
+            ),
+            (
+                "chat_memory_budget_refusals_total",
+                "counter",
+                "Reads refused with chat.Busy after waiting --budget-wait for room.",
+                self.budget_refusals.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in gauges {

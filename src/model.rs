@@ -19,6 +19,26 @@ pub struct Message {
     pub seq: u64,
 }
 
+impl Message {
+    /// What holding the message costs, roughly, in bytes: its strings and a
+    /// fixed overhead. Pages, stream batches and the memory budget are
+    /// measured in it; `store::postgres` computes the same in SQL.
+    pub fn weight(&self) -> usize {
+        self.subject.len() + self.text.len() + self.client_id.len() + self.user_id.len() + 64
+    }
+}
+
+/// Takes messages while the weight before each is under `max_bytes`: the
+/// first always, so that a reader always progresses.
+pub fn within_bytes(max_bytes: usize) -> impl FnMut(&Message) -> bool {
+    let mut taken = 0usize;
+    move |m| {
+        let fits = taken == 0 || taken + m.weight() <= max_bytes;
+        taken += m.weight();
+        fits
+    }
+}
+
 /// A stored chat.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChatRecord {

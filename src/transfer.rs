@@ -135,7 +135,7 @@ async fn export(store: &Store, out: &mut impl Write) -> Result<(u64, u64), Strin
             let mut next = 1;
             loop {
                 let batch = store
-                    .read(&chat_id, next, u64::MAX, CHUNK)
+                    .read(&chat_id, next, u64::MAX, CHUNK, usize::MAX)
                     .await
                     .map_err(|e| e.to_string())?;
                 let Some(last) = batch.last() else { break };

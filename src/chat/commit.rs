@@ -8,6 +8,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::Budget;
 use super::{fanout::ChatState, Chats};
 use crate::{
     error::{Error, Result},
@@ -86,6 +87,7 @@ pub(super) async fn commit_loop(
     mut rx: mpsc::UnboundedReceiver<Commit>,
     mut stop: oneshot::Receiver<()>,
     metrics: Arc<Metrics>,
+    budget: Budget,
 ) {
     let mut batch = Vec::new();
     let mut stopping = false;
@@ -142,7 +144,7 @@ pub(super) async fn commit_loop(
                 (true, Some((Outcome::Stored(msg), state))) => {
                     let msg = Arc::new(msg);
                     let seq = msg.seq;
-                    state.publish(msg.clone());
+                    state.publish(msg.clone(), &budget);
                     state.advance(seq);
                     metrics.messages_stored.fetch_add(1, Relaxed);
                     Ok(Answer::Stored(msg))

@@ -11,7 +11,10 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::{invalid, Chats, Draft};
+use super::{
+    budget::{Budget, Lease},
+    invalid, Chats, Draft,
+};
 use crate::{
     error::{Error, Result},
     model::Message,
@@ -21,9 +24,13 @@ use crate::{
 /// Messages kept in memory per chat for live streams, so that a stream that
 /// keeps up never reads the store. Older ones are read from the store.
 const RECENT: usize = 256;
-/// ...and at most this many bytes of subject and text, so that large
-/// messages cannot make the window big (256 × 64 KiB would be 16 MiB a chat).
+/// ...and at most this many bytes (of [`Message::weight`]), so that large
+/// messages cannot make the window big (256 × 64 KiB would be 16 MiB a
+/// chat). Every window's bytes are also leased from the memory budget.
 const RECENT_BYTES: usize = 1 << 20;
+/// A window with nothing new for this long is dropped (its streams have
+/// long read it; a late one reads the store).
+pub(super) const RECENT_IDLE: Duration = Duration::from_secs(60);
 /// How often followed chats are compared with the store, in case a wake-up
 /// from another replica was lost.
 const RESYNC_EVERY: Duration = Duration::from_secs(2);
@@ -40,29 +47,52 @@ pub(super) struct ChatState {
 }
 
 /// The in-memory window of a chat's newest durable messages.
-#[derive(Default)]
 pub(super) struct Recent {
     messages: VecDeque<Arc<Message>>,
-    /// Subject and text bytes in `messages`.
-    bytes: usize,
+    /// The weight of `messages`, leased from the memory budget.
+    lease: Lease,
+    /// When the last message came in.
+    touched: Option<tokio::time::Instant>,
 }
 
 impl Recent {
-    fn clear(&mut self) {
-        self.messages.clear();
-        self.bytes = 0;
+    pub(super) fn new(lease: Lease) -> Recent {
+        Recent {
+            messages: VecDeque::new(),
+            lease,
+            touched: None,
+        }
     }
 
-    /// Appends, dropping the oldest past [`RECENT`] messages or [`RECENT_BYTES`].
-    fn push(&mut self, msg: Arc<Message>) {
-        self.bytes += msg.subject.len() + msg.text.len();
+    pub(super) fn clear(&mut self) {
+        self.messages.clear();
+        self.lease.shrink_to(0);
+        self.touched = None;
+    }
+
+    /// Whether nothing came in for [`RECENT_IDLE`].
+    pub(super) fn idle(&self) -> bool {
+        self.touched
+            .is_some_and(|t| t.elapsed() >= RECENT_IDLE)
+    }
+
+    /// Appends, dropping the oldest past [`RECENT`] messages or
+    /// [`RECENT_BYTES`]. With no room in the budget the window is dropped
+    /// instead (it is a cache: streams read the store).
+    fn push(&mut self, msg: Arc<Message>, budget: &Budget) {
+        if !budget.grow(&mut self.lease, msg.weight()) {
+            self.clear();
+            return;
+        }
         self.messages.push_back(msg);
-        while self.messages.len() > RECENT || (self.bytes > RECENT_BYTES && self.messages.len() > 1)
-        {
+        self.touched = Some(tokio::time::Instant::now());
+        let mut bytes = self.lease.bytes();
+        while self.messages.len() > RECENT || (bytes > RECENT_BYTES && self.messages.len() > 1) {
             if let Some(old) = self.messages.pop_front() {
-                self.bytes -= old.subject.len() + old.text.len();
+                bytes -= old.weight();
             }
         }
+        self.lease.shrink_to(bytes);
     }
 }
 
@@ -87,7 +117,7 @@ impl ChatState {
     /// Messages may come twice (this replica's commit and the bus) and out
     /// of order (two commit paths): the window only ever holds a contiguous
     /// run of seqs, and starts over when a message does not follow it.
-    pub(super) fn publish(&self, msg: Arc<Message>) {
+    pub(super) fn publish(&self, msg: Arc<Message>, budget: &Budget) {
         let mut recent = lock(&self.recent);
         let back = recent.messages.back().map(|m| m.seq);
         if back.is_some_and(|b| msg.seq <= b) {
@@ -99,7 +129,7 @@ impl ChatState {
             recent.clear();
         }
         if self.durable.receiver_count() > 0 {
-            recent.push(msg);
+            recent.push(msg, budget);
         }
     }
 
@@ -143,10 +173,12 @@ impl Chats {
             state.advance(seq.min(store.last_seq(&state.id).await?));
             return Ok(());
         }
-        let messages = store.read(&state.id, durable + 1, seq, RECENT).await?;
+        let messages = store
+            .read(&state.id, durable + 1, seq, RECENT, RECENT_BYTES)
+            .await?;
         for msg in messages {
             let seq = msg.seq;
-            state.publish(Arc::new(msg));
+            state.publish(Arc::new(msg), &self.shared.budget);
             state.advance(seq);
         }
         Ok(())
@@ -246,15 +278,25 @@ pub struct Subscription {
     pub(super) closing: watch::Receiver<bool>,
     /// When the caller's credential expires: the feed ends then.
     pub(super) expires: Option<tokio::time::Instant>,
+    /// The memory budget's lease on the last batch handed out, which the
+    /// caller may still hold (a client that stops reading pins it); given
+    /// back when the next batch is asked for.
+    pub(super) lease: Option<Lease>,
 }
 
 impl Subscription {
     /// The next messages, in seq order, each exactly once; waits while there
-    /// are none. Cancel-safe: nothing is consumed until it returns.
+    /// are none. At most `--stream-buffer` messages and
+    /// `--stream-buffer-bytes` (but for the first), leased from the memory
+    /// budget until the next call. Cancel-safe: nothing is consumed until
+    /// it returns.
     ///
     /// # Errors
-    /// `Unavailable` when the server is shutting down; `Store`.
+    /// `Unavailable` when the server is shutting down; `Busy` when the
+    /// memory budget stays spent; `Store`.
     pub async fn next_batch(&mut self) -> Result<Vec<Arc<Message>>> {
+        // The caller asks for more: it is done with the last batch.
+        self.lease = None;
         loop {
             if *self.closing.borrow_and_update() {
                 return Err(Error::Unavailable(format!(
@@ -276,9 +318,10 @@ impl Subscription {
             }
             let durable = *self.durable.borrow_and_update();
             if self.next <= durable {
-                let batch = self.read(durable).await?;
+                let (batch, lease) = self.read(durable).await?;
                 if let Some(last) = batch.last() {
                     self.next = last.seq + 1;
+                    self.lease = Some(lease);
                     return Ok(batch);
                 }
                 // The store could not yet return what the watermark promises
@@ -340,44 +383,70 @@ impl Subscription {
         self.chats.send(draft, None).await
     }
 
-    /// Messages `self.next..=durable`, at most `stream_buffer`: from the
-    /// recent window when it has them, else from the store.
-    async fn read(&self, durable: u64) -> Result<Vec<Arc<Message>>> {
-        let buffer = self.chats.shared.limits.stream_buffer as u64;
-        let want = (durable - self.next + 1).min(buffer) as usize;
-        {
+    /// Messages `self.next..=durable`, at most `stream_buffer` and
+    /// `stream_buffer_bytes`, and their lease: from the recent window when
+    /// it has them, else from the store.
+    async fn read(&self, durable: u64) -> Result<(Vec<Arc<Message>>, Lease)> {
+        let shared = &self.chats.shared;
+        let (count, bytes) = (
+            shared.limits.stream_buffer as u64,
+            shared.limits.stream_buffer_bytes,
+        );
+        let want = (durable - self.next + 1).min(count) as usize;
+        let from_window = {
             let recent = &lock(&self.chat.recent).messages;
-            if let Some(first) = recent.front() {
-                if first.seq <= self.next {
+            match recent.front() {
+                Some(first) if first.seq <= self.next => {
                     let skip = (self.next - first.seq) as usize;
-                    if skip < recent.len() {
-                        return Ok(recent.iter().skip(skip).take(want).cloned().collect());
-                    }
-                } else {
-                    self.chats
-                        .shared
-                        .metrics
-                        .lagging_reads
-                        .fetch_add(1, Relaxed);
+                    let mut fits = crate::model::within_bytes(bytes);
+                    (skip < recent.len()).then(|| {
+                        recent
+                            .iter()
+                            .skip(skip)
+                            .take(want)
+                            .take_while(|m| fits(m))
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    })
                 }
+                Some(_) => {
+                    shared.metrics.lagging_reads.fetch_add(1, Relaxed);
+                    None
+                }
+                None => None,
             }
+        };
+        if let Some(batch) = from_window {
+            // Already in memory; leased again because a stalled client
+            // keeps it alive after the window has moved on.
+            let weight = batch.iter().map(|m| m.weight()).sum();
+            let lease = shared.budget.lease(weight).await?;
+            return Ok((batch, lease));
         }
+        // From the store: room for a full batch first, then only what came.
+        let mut lease = shared.budget.lease(bytes).await?;
         let last = self.next + want as u64 - 1;
         // Boxed: a database read is a large future, and an idle stream
         // should not carry its space (this one is made only when reading).
         let read = Box::pin(
-            self.chats
-                .shared
+            shared
                 .store
-                .read(&self.chat.id, self.next, last, want),
+                .read(&self.chat.id, self.next, last, want, lease.bytes()),
         );
-        Ok(read.await?.into_iter().map(Arc::new).collect())
+        let batch: Vec<Arc<Message>> = read.await?.into_iter().map(Arc::new).collect();
+        lease.shrink_to(batch.iter().map(|m| m.weight()).sum());
+        Ok((batch, lease))
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.chats.shared.metrics.streams_open.fetch_sub(1, Relaxed);
+        // The last stream of the chat: nobody needs its window any more.
+        // (A stream opening meanwhile finds it empty and reads the store.)
+        if self.chat.durable.receiver_count() <= 1 {
+            lock(&self.chat.recent).clear();
+        }
     }
 }
 
@@ -391,7 +460,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_recent_window_is_bounded_by_count_and_bytes() {
+    fn the_recent_window_is_bounded_by_count_bytes_and_the_budget() {
         let msg = |seq, len| {
             Arc::new(Message {
                 seq,
@@ -399,9 +468,11 @@ mod tests {
                 ..Message::default()
             })
         };
-        let mut recent = Recent::default();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let budget = Budget::new(64 << 20, Duration::from_millis(10), metrics);
+        let mut recent = Recent::new(budget.empty());
         for seq in 1..=1000 {
-            recent.push(msg(seq, 10));
+            recent.push(msg(seq, 10), &budget);
         }
         assert_eq!(recent.messages.len(), RECENT);
         assert_eq!(
@@ -409,17 +480,21 @@ mod tests {
             Some(1000 - RECENT as u64 + 1)
         );
         for seq in 1001..=1100 {
-            recent.push(msg(seq, 64 * 1024));
+            recent.push(msg(seq, 64 * 1024), &budget);
         }
-        assert!(recent.bytes <= RECENT_BYTES, "{}", recent.bytes);
-        assert_eq!(
-            recent.bytes,
-            recent.messages.iter().map(|m| m.text.len()).sum::<usize>()
-        );
+        let weight: usize = recent.messages.iter().map(|m| m.weight()).sum();
+        assert!(weight <= RECENT_BYTES, "{weight}");
+        assert_eq!(recent.lease.bytes(), weight, "the lease is the window's weight");
+        assert_eq!(budget.in_use(), weight);
         assert_eq!(
             recent.messages.back().map(|m| m.seq),
             Some(1100),
             "the newest is kept"
         );
+        // No room in the budget: the window goes, and gives its bytes back.
+        let _rest = budget.try_lease((64 << 20) - budget.in_use()).unwrap();
+        recent.push(msg(1101, 10), &budget);
+        assert!(recent.messages.is_empty());
+        assert_eq!(recent.lease.bytes(), 0);
     }
 }

@@ -36,13 +36,17 @@ use crate::{
     error::{Error, Result},
     metrics::Metrics,
     model::{Append, ChatRecord, Message},
-    store::{lock, Page, Store},
+    store::{lock, Store},
 };
 
+pub mod budget;
 mod commit;
 mod fanout;
+mod history;
 
+use budget::Budget;
 pub use commit::Committer;
+pub use history::HistoryPage;
 use commit::{commit_loop, wait_commit, Answer, Commit};
 use fanout::{ChatState, Recent};
 pub use fanout::{Follower, Subscription};
@@ -63,6 +67,14 @@ pub struct Limits {
     pub history_page: u32,
     /// Most messages a subscription hands out at once.
     pub stream_buffer: usize,
+    /// ...and at most this many bytes of them (but for the first).
+    pub stream_buffer_bytes: usize,
+    /// Most bytes of one History page (but for the first message).
+    pub history_page_bytes: usize,
+    /// The memory budget for what clients make the server hold (see [`budget`]).
+    pub memory_budget: usize,
+    /// How long a read waits for room in the budget before `chat.Busy`.
+    pub budget_wait: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -73,6 +85,10 @@ impl Default for Limits {
             max_members: 256,
             history_page: 1000,
             stream_buffer: 64,
+            stream_buffer_bytes: 1 << 20,
+            history_page_bytes: 1 << 20,
+            memory_budget: 256 << 20,
+            budget_wait: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -108,6 +124,8 @@ struct Shared {
     /// Whether the store answers (readiness); kept by [`Chats::watch_store`].
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// What stream batches, pages being sent and windows may hold.
+    budget: Budget,
 }
 
 struct Live {
@@ -122,6 +140,7 @@ impl Chats {
         let (commits, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         let metrics = Arc::new(Metrics::default());
+        let budget = Budget::new(limits.memory_budget, limits.budget_wait, metrics.clone());
         let shared = Arc::new(Shared {
             store,
             limits,
@@ -133,12 +152,14 @@ impl Chats {
             closing: watch::Sender::new(false),
             ready: watch::Sender::new(true),
             metrics,
+            budget,
         });
         let task = tokio::spawn(commit_loop(
             shared.store.clone(),
             rx,
             stopped,
             shared.metrics.clone(),
+            shared.budget.clone(),
         ));
         (Chats { shared }, Committer { stop, task })
     }
@@ -316,49 +337,6 @@ impl Chats {
         }
     }
 
-    /// One page of a chat's history (see `History` in the proto). With a
-    /// verified `caller`, a members-only chat is readable by its members
-    /// (and services) only.
-    ///
-    /// # Errors
-    /// `Invalid` for a missing chat id or both cursors, `NotFound`,
-    /// `PermissionDenied`, `Store`.
-    pub async fn history(
-        &self,
-        chat_id: &str,
-        limit: u32,
-        before_seq: Option<u64>,
-        after_seq: Option<u64>,
-        caller: Caller<'_>,
-    ) -> Result<Page> {
-        if chat_id.is_empty() {
-            return Err(invalid("chat.History.MissingChatID", "chat_id is required"));
-        }
-        let chat = self.chat("chat.History.InvalidChatID", chat_id).await?;
-        match caller {
-            Some(who) if who.service => acting_for(who, "History", chat_id),
-            Some(who) => chat.check_member("chat.History.NotAMember", &who.user)?,
-            None => {}
-        }
-        if before_seq.is_some() && after_seq.is_some() {
-            return Err(invalid(
-                "chat.History.InvalidCursor",
-                "set before_seq or after_seq, not both",
-            ));
-        }
-        let page = self.shared.limits.history_page;
-        let limit = if limit == 0 || limit > page {
-            page
-        } else {
-            limit
-        } as usize;
-        Ok(self
-            .shared
-            .store
-            .page(&chat.id, before_seq, after_seq, limit)
-            .await?)
-    }
-
     /// Opens a live feed of a chat for `user_id`: every durable message with
     /// seq > `since_seq`, or, without it, every message stored from now on.
     /// With a verified `caller`, an empty `user_id` is the caller, another
@@ -422,6 +400,7 @@ impl Chats {
             expires: caller
                 .and_then(Identity::expires_in)
                 .map(|d| tokio::time::Instant::now() + d),
+            lease: None,
         })
     }
 
@@ -470,7 +449,7 @@ impl Chats {
             id,
             members: record.members,
             durable: watch::Sender::new(last),
-            recent: Mutex::new(Recent::default()),
+            recent: Mutex::new(Recent::new(self.shared.budget.empty())),
         });
         if live.chats.len() >= live.sweep_at {
             // Forget chats nobody holds; grow the threshold so that a map
@@ -483,12 +462,25 @@ impl Chats {
     }
 
     /// Keeps [`Chats::ready`] up to date by pinging the store every second,
+    /// and drops the recent windows that have been idle for a while (their
+    /// memory is budgeted, and their streams have read them long ago),
     /// until `closing`. Returns the task (it ends by itself at shutdown).
     pub fn watch_store(&self) -> tokio::task::JoinHandle<()> {
         let chats = self.clone();
         tokio::spawn(async move {
             let mut closing = chats.closing();
+            let mut swept = tokio::time::Instant::now();
             loop {
+                if swept.elapsed() >= fanout::RECENT_IDLE / 4 {
+                    swept = tokio::time::Instant::now();
+                    let states: Vec<_> = lock(&chats.shared.live).chats.values().cloned().collect();
+                    for state in states {
+                        let mut recent = lock(&state.recent);
+                        if recent.idle() {
+                            recent.clear();
+                        }
+                    }
+                }
                 let up = chats.shared.store.ping().await;
                 chats.shared.metrics.store_up.store(up as i64, Relaxed);
                 let was = chats.shared.ready.send_replace(up);
@@ -587,6 +579,7 @@ mod tests {
             max_members: 4,
             history_page: 1000,
             stream_buffer: 4,
+            ..Limits::default()
         };
         let (rt, _dir, chats, _committer) = open(limits.clone());
         let open_chat = rt

@@ -165,7 +165,8 @@ impl Store {
         }
     }
 
-    /// Durable messages with `first <= seq <= last`, oldest first, at most `limit`.
+    /// Durable messages with `first <= seq <= last`, oldest first, at most
+    /// `limit` and (but for the first) `max_bytes` of [`Message::weight`].
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -175,15 +176,17 @@ impl Store {
         first: u64,
         last: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Message>> {
         match self {
-            Store::Sled(s) => s.read(chat, first, last, limit),
-            Store::Postgres(p) => p.read(chat, first, last, limit).await,
+            Store::Sled(s) => s.read(chat, first, last, limit, max_bytes),
+            Store::Postgres(p) => p.read(chat, first, last, limit, max_bytes).await,
         }
     }
 
-    /// One History page of at most `limit` messages: with `after`, the
-    /// first ones after it; else the newest ones, before `before` if set.
+    /// One History page of at most `limit` messages and `max_bytes` (as
+    /// [`Store::read`]): with `after`, the first ones after it; else the
+    /// newest ones, before `before` if set. Oldest first either way.
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -193,10 +196,11 @@ impl Store {
         before: Option<u64>,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Page> {
         match self {
-            Store::Sled(s) => s.page(chat, before, after, limit),
-            Store::Postgres(p) => p.page(chat, before, after, limit).await,
+            Store::Sled(s) => s.page(chat, before, after, limit, max_bytes),
+            Store::Postgres(p) => p.page(chat, before, after, limit, max_bytes).await,
         }
     }
 

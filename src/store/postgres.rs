@@ -103,6 +103,25 @@ const MIGRATION_LOCK: i64 = 0x6368_6174_5f6d_6967; // "chat_mig"
 /// The columns of a message row, in the order [`message`] reads them.
 const MESSAGE_COLUMNS: &str = "chat_id, seq, id, user_id, client_id, sent_at, subject, text";
 
+/// A query for the messages `filter` selects in `order`, at most `limit`
+/// of them and, but for the first, at most `max_bytes` of weight (the
+/// running sum of `model::Message::weight`, computed here in SQL), so
+/// that a page of large messages is cut in the database, not after it has
+/// been sent over. The window runs in index order under the LIMIT: no more
+/// than `limit` rows are read.
+fn within_bytes(filter: &str, order: &str, limit: &str, max_bytes: &str) -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM (
+           SELECT {MESSAGE_COLUMNS}, w, sum(w) OVER (ORDER BY {order}) AS upto FROM (
+             SELECT {MESSAGE_COLUMNS}, octet_length(subject) + octet_length(text)
+                    + octet_length(client_id) + octet_length(user_id) + 64 AS w
+             FROM messages WHERE {filter} ORDER BY {order} LIMIT {limit}
+           ) limited
+         ) measured
+         WHERE upto = w OR upto <= {max_bytes} ORDER BY {order}"
+    )
+}
+
 /// Handle to the database. Cloning is cheap (the pool is reference-counted).
 #[derive(Clone)]
 pub struct PgStore {
@@ -406,18 +425,27 @@ impl PgStore {
         first: u64,
         last: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Message>> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE chat_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+            .prepare_cached(&within_bytes(
+                "chat_id = $1 AND seq >= $2 AND seq <= $3",
+                "seq",
+                "$4",
+                "$5",
             ))
             .await?;
         let rows = client
             .query(
                 &stmt,
-                &[chat, &db_seq(first), &db_seq(last), &(limit as i64)],
+                &[
+                    chat,
+                    &db_seq(first),
+                    &db_seq(last),
+                    &(limit as i64),
+                    &(max_bytes as i64),
+                ],
             )
             .await?;
         Ok(rows.iter().map(message).collect())
@@ -432,34 +460,44 @@ impl PgStore {
         before: Option<u64>,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Page> {
         let client = self.pool.get().await?;
+        let max_bytes = max_bytes as i64;
         match after {
             Some(after) => {
-                // One more than asked tells whether there is more.
                 let stmt = client
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages
-                         WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                    ))
+                    .prepare_cached(&within_bytes("chat_id = $1 AND seq > $2", "seq", "$3", "$4"))
                     .await?;
                 let rows = client
-                    .query(&stmt, &[chat, &db_seq(after), &(limit as i64 + 1)])
+                    .query(&stmt, &[chat, &db_seq(after), &(limit as i64), &max_bytes])
                     .await?;
-                let has_more = rows.len() > limit;
-                let messages = rows.iter().take(limit).map(message).collect();
+                let messages: Vec<Message> = rows.iter().map(message).collect();
+                // Whether anything follows the page.
+                let has_more = match messages.last() {
+                    Some(last) => {
+                        let stmt = client
+                            .prepare_cached("SELECT last_seq FROM chats WHERE chat_id = $1")
+                            .await?;
+                        let row = client.query_opt(&stmt, &[chat]).await?;
+                        row.is_some_and(|r| r.get::<_, i64>(0) > db_seq(last.seq))
+                    }
+                    None => false,
+                };
                 Ok(Page { messages, has_more })
             }
             None => {
                 let stmt = client
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages
-                         WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                    .prepare_cached(&within_bytes(
+                        "chat_id = $1 AND seq < $2",
+                        "seq DESC",
+                        "$3",
+                        "$4",
                     ))
                     .await?;
                 let before = before.map_or(i64::MAX, db_seq);
                 let rows = client
-                    .query(&stmt, &[chat, &before, &(limit as i64)])
+                    .query(&stmt, &[chat, &before, &(limit as i64), &max_bytes])
                     .await?;
                 let messages: Vec<Message> = rows.iter().rev().map(message).collect();
                 // Seqs are gap-free from 1.

@@ -372,22 +372,48 @@ impl SledStore {
     /// `limit`. Seqs are gap-free, so this is point lookups of known keys: in
     /// sled 0.34 that is cheaper than its range iterator, which copies a tree
     /// node per step (measured with chat-bench scenario 4).
-    pub fn read(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
-        self.read_known(chat, first, last.min(self.last_seq(chat)?), limit)
+    pub fn read(
+        &self,
+        chat: &Uuid,
+        first: u64,
+        last: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>> {
+        let last = last.min(self.last_seq(chat)?);
+        self.read_known(chat, first..=last, limit, max_bytes, false)
     }
 
-    /// As [`SledStore::read`], for a `last` already known durable.
-    fn read_known(&self, chat: &Uuid, first: u64, last: u64, limit: usize) -> Result<Vec<Message>> {
+    /// As [`SledStore::read`], for a range already known durable; with
+    /// `newest`, the end of the range is kept when the limits cut it.
+    fn read_known(
+        &self,
+        chat: &Uuid,
+        seqs: std::ops::RangeInclusive<u64>,
+        limit: usize,
+        max_bytes: usize,
+        newest: bool,
+    ) -> Result<Vec<Message>> {
         let mut page = Vec::new();
-        let mut seq = first;
-        while seq <= last && page.len() < limit {
+        let mut fits = crate::model::within_bytes(max_bytes);
+        let order: Box<dyn Iterator<Item = u64>> = match newest {
+            true => Box::new(seqs.rev()),
+            false => Box::new(seqs),
+        };
+        for seq in order.take(limit) {
             let key = message_key(chat, seq);
-            match self.db.get(key)? {
-                Some(v) => page.push(decode::<MessageValue>(&key, &v)?.into()),
+            let Some(v) = self.db.get(key)? else {
                 // Past the end (or a hole that a crash left): stop here.
-                None => break,
+                break;
+            };
+            let msg: Message = decode::<MessageValue>(&key, &v)?.into();
+            if !fits(&msg) {
+                break;
             }
-            seq += 1;
+            page.push(msg);
+        }
+        if newest {
+            page.reverse();
         }
         Ok(page)
     }
@@ -399,19 +425,20 @@ impl SledStore {
         before: Option<u64>,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Page> {
         let durable = self.last_seq(chat)?;
         match after {
             Some(after) => {
-                let messages = self.read_known(chat, after.saturating_add(1), durable, limit)?;
+                let first = after.saturating_add(1);
+                let messages = self.read_known(chat, first..=durable, limit, max_bytes, false)?;
                 let has_more = messages.last().is_some_and(|m| m.seq < durable);
                 Ok(Page { messages, has_more })
             }
             None => {
-                // Seqs are gap-free 1..=durable, so the page's first seq is known.
+                // Seqs are gap-free 1..=durable: the newest first, back to 1.
                 let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
-                let first = last.saturating_sub(limit as u64 - 1).max(1);
-                let messages = self.read_known(chat, first, last, limit)?;
+                let messages = self.read_known(chat, 1..=last, limit, max_bytes, true)?;
                 let has_more = messages.first().is_some_and(|m| m.seq > 1);
                 Ok(Page { messages, has_more })
             }
@@ -596,7 +623,7 @@ mod tests {
             }
         }
         assert_eq!(
-            store.read(&a, 1, 300, 10).unwrap(),
+            store.read(&a, 1, 300, 10, usize::MAX).unwrap(),
             [],
             "nothing before the flush"
         );
@@ -612,16 +639,16 @@ mod tests {
         };
         let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(
-            seqs(store.read(&a, 254, 258, 100).unwrap()),
+            seqs(store.read(&a, 254, 258, 100, usize::MAX).unwrap()),
             [254, 255, 256, 257, 258]
         );
         assert_eq!(
-            seqs(store.read(&a, 299, u64::MAX, 100).unwrap()),
+            seqs(store.read(&a, 299, u64::MAX, 100, usize::MAX).unwrap()),
             [299, 300]
         );
-        assert_eq!(seqs(store.read(&a, 1, 300, 3).unwrap()), [1, 2, 3]);
+        assert_eq!(seqs(store.read(&a, 1, 300, 3, usize::MAX).unwrap()), [1, 2, 3]);
         assert_eq!(
-            seqs(store.read(&b, 9, 20, 100).unwrap()),
+            seqs(store.read(&b, 9, 20, 100, usize::MAX).unwrap()),
             [9, 10],
             "no other chat's messages"
         );
@@ -690,7 +717,7 @@ mod tests {
                 db.insert(&dedupe, value.clone()).unwrap();
                 dedupe.truncate(dedupe.len().min(tail.len()));
                 let _ = store.chat(&chat);
-                let _ = store.read(&chat, 0, u64::MAX, 10);
+                let _ = store.read(&chat, 0, u64::MAX, 10, usize::MAX);
                 let _ = store.last_seq(&chat);
                 let _ = store.claim(&chat, "ann", "c", 2);
                 // What decodes re-encodes to the same value.
