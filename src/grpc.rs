@@ -17,10 +17,10 @@ use crate::{
     auth::{Auth, Identity},
     chat::{Chats, Draft, Subscription},
     error::Error,
+    http::HeldLease,
     metrics::Metrics,
     model::Message,
     pb,
-    http::HeldLease,
     tls::PeerIdentity,
 };
 
@@ -428,7 +428,13 @@ pub(crate) fn page_to_wire(messages: Vec<Message>) -> Vec<pb::Message> {
 /// The protobuf size of a message in a History page (the chat id is a UUID).
 fn wire_len(m: &Message) -> usize {
     use prost::encoding::encoded_len_varint as varint;
-    let field = |len: usize| if len == 0 { 0 } else { 1 + varint(len as u64) as usize + len };
+    let field = |len: usize| {
+        if len == 0 {
+            0
+        } else {
+            1 + varint(len as u64) as usize + len
+        }
+    };
     let len = field(m.id.len())
         + field(m.client_id.len())
         + field(36)

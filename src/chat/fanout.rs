@@ -72,8 +72,7 @@ impl Recent {
 
     /// Whether nothing came in for [`RECENT_IDLE`].
     pub(super) fn idle(&self) -> bool {
-        self.touched
-            .is_some_and(|t| t.elapsed() >= RECENT_IDLE)
+        self.touched.is_some_and(|t| t.elapsed() >= RECENT_IDLE)
     }
 
     /// Appends, dropping the oldest past [`RECENT`] messages or
@@ -420,11 +419,11 @@ impl Subscription {
             // Already in memory; leased again because a stalled client
             // keeps it alive after the window has moved on.
             let weight = batch.iter().map(|m| m.weight()).sum();
-            let lease = shared.budget.lease(weight).await?;
+            let lease = shared.budget.lease_for_stream(weight).await?;
             return Ok((batch, lease));
         }
         // From the store: room for a full batch first, then only what came.
-        let mut lease = shared.budget.lease(bytes).await?;
+        let mut lease = shared.budget.lease_for_stream(bytes).await?;
         let last = self.next + want as u64 - 1;
         // Boxed: a database read is a large future, and an idle stream
         // should not carry its space (this one is made only when reading).
@@ -484,7 +483,11 @@ mod tests {
         }
         let weight: usize = recent.messages.iter().map(|m| m.weight()).sum();
         assert!(weight <= RECENT_BYTES, "{weight}");
-        assert_eq!(recent.lease.bytes(), weight, "the lease is the window's weight");
+        assert_eq!(
+            recent.lease.bytes(),
+            weight,
+            "the lease is the window's weight"
+        );
         assert_eq!(budget.in_use(), weight);
         assert_eq!(
             recent.messages.back().map(|m| m.seq),

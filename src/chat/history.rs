@@ -54,17 +54,20 @@ impl Chats {
             0 => limits.history_page,
             n => n.min(limits.history_page),
         } as usize;
-        // Room for a whole page first, so that stalled readers cannot make
-        // pages pile up past the budget; given back as the page is cut.
-        let lease = self.shared.budget.lease(limits.history_page_bytes).await?;
-        let page = Box::pin(self.shared.store.page(
-            &chat.id,
-            before_seq,
-            after_seq,
-            limit,
-            lease.bytes(),
-        ))
-        .await?;
+        // Room for a whole page first (as many of the largest messages as
+        // asked for, up to --history-page-bytes), so that stalled readers
+        // cannot make pages pile up past the budget; given back as the page
+        // is cut.
+        let largest = limits.max_message_bytes + 2 * limits.max_id_bytes + 64;
+        let wanted = limits.history_page_bytes.min(limit.saturating_mul(largest));
+        let lease = self.shared.budget.lease(wanted).await?;
+        let page =
+            Box::pin(
+                self.shared
+                    .store
+                    .page(&chat.id, before_seq, after_seq, limit, lease.bytes()),
+            )
+            .await?;
         let mut page = HistoryPage {
             messages: page.messages,
             has_more: page.has_more,

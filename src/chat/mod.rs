@@ -46,10 +46,10 @@ mod history;
 
 use budget::Budget;
 pub use commit::Committer;
-pub use history::HistoryPage;
 use commit::{commit_loop, wait_commit, Answer, Commit};
 use fanout::{ChatState, Recent};
 pub use fanout::{Follower, Subscription};
+pub use history::HistoryPage;
 
 /// The verified caller of a request (`None` with `--auth none`).
 pub type Caller<'a> = Option<&'a Identity>;

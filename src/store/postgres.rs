@@ -467,7 +467,12 @@ impl PgStore {
         match after {
             Some(after) => {
                 let stmt = client
-                    .prepare_cached(&within_bytes("chat_id = $1 AND seq > $2", "seq", "$3", "$4"))
+                    .prepare_cached(&within_bytes(
+                        "chat_id = $1 AND seq > $2",
+                        "seq",
+                        "$3",
+                        "$4",
+                    ))
                     .await?;
                 let rows = client
                     .query(&stmt, &[chat, &db_seq(after), &(limit as i64), &max_bytes])

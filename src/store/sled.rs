@@ -646,7 +646,10 @@ mod tests {
             seqs(store.read(&a, 299, u64::MAX, 100, usize::MAX).unwrap()),
             [299, 300]
         );
-        assert_eq!(seqs(store.read(&a, 1, 300, 3, usize::MAX).unwrap()), [1, 2, 3]);
+        assert_eq!(
+            seqs(store.read(&a, 1, 300, 3, usize::MAX).unwrap()),
+            [1, 2, 3]
+        );
         assert_eq!(
             seqs(store.read(&b, 9, 20, 100, usize::MAX).unwrap()),
             [9, 10],

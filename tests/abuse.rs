@@ -1,0 +1,436 @@
+//! Hostile clients against the real binary: what one client can make the
+//! server hold is bounded (stalled streams, stalled History, WebSocket
+//! messages, vanished WebSocket clients), and everyone else keeps being
+//! served. Memory is read from the server's /proc status. Runs on both
+//! stores.
+
+mod common;
+
+use std::time::Duration;
+
+use chat::pb;
+use common::*;
+use futures_util::StreamExt;
+use tonic::Code;
+
+/// The server's resident memory, in KiB.
+fn rss_kib(server: &Binary) -> u64 {
+    let pid = server.child.id().expect("running");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// One value of the server's metrics.
+async fn metric(server: &Binary, name: &str) -> f64 {
+    let text = http_get(server.metrics_addr.unwrap(), "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// A gRPC call whose response is never read: a raw HTTP/2 connection with
+/// a small flow-control window that is never replenished. Keep what it
+/// returns to keep the call stalled.
+async fn stalled_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    request: impl prost::Message,
+) -> impl Drop {
+    use http_body_util::Full;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let body = request.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(hyper::body::Bytes::from(framed)))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    /// The response (held, never read) and the connection's task.
+    struct Stalled {
+        _response: hyper::Response<hyper::body::Incoming>,
+        conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    }
+    impl Drop for Stalled {
+        fn drop(&mut self) {
+            self.conn.abort();
+        }
+    }
+    Stalled {
+        _response: response,
+        conn,
+    }
+}
+
+/// A chat of `n` messages of `size` bytes each.
+async fn big_chat(c: &mut Client, n: usize, size: usize) -> String {
+    let chat = new_chat(c, &[]).await;
+    let text = "x".repeat(size);
+    let sends = (0..n).map(|i| {
+        let mut c = c.clone();
+        let req = send_req(&chat, "filler", &format!("f{i}"), &text);
+        async move { c.send(req).await.map(|_| ()) }
+    });
+    let results = futures_util::stream::iter(sends)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    chat
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_catch_up_streams_and_history_stay_within_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        dir.path(),
+        &[
+            "--memory-budget-mb",
+            "32",
+            "--budget-wait",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let mut c = server.client().await;
+    // 20 MB of history: each stream's batch is 1 MiB (16 of these).
+    let chat = big_chat(&mut c, 320, 63 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_kib(&server);
+
+    // 60 streams from the start on one connection whose client never reads
+    // (tonic grants more flow-control window only as the app reads), and
+    // gRPC History calls whose responses are never read.
+    let stalled = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1 << 20)
+        .connect()
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..60 {
+        let (tx, req) = connect_request(&chat, "reader", Some("0"));
+        let mut s = pb::chat_client::ChatClient::new(stalled.clone());
+        streams.push((tx, s.connect(req).await.unwrap().into_inner()));
+    }
+    let mut pages = Vec::new();
+    for _ in 0..8 {
+        let history = pb::HistoryRequest {
+            chat_id: chat.clone(),
+            ..Default::default()
+        };
+        pages.push(stalled_call(server.addr, "/chat.Chat/History", history).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = metric(&server, "chat_memory_budget_used_bytes").await;
+    assert!(used <= (32 << 20) as f64, "the budget holds: {used}");
+
+    // Everyone else is served meanwhile: Send, a small History page, a
+    // stream of new messages.
+    let mut other = server.client().await;
+    let (_tx, req) = connect_request(&chat, "watcher", None);
+    let mut live = other.connect(req).await.unwrap().into_inner();
+    send(&mut other, &chat, "ann", "live", "still served").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), live.message())
+        .await
+        .expect("a live stream still gets new messages")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.text, "still served");
+    let page = other
+        .history(pb::HistoryRequest {
+            chat_id: chat.clone(),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages.len(), 3);
+    let grown = rss_kib(&server).saturating_sub(idle);
+    // 60 × 4 MiB batches and 8 pages of 20 MB before the budget existed.
+    assert!(
+        grown < 96 * 1024,
+        "server RSS grew by {grown} KiB with a 32 MiB budget"
+    );
+
+    // The streams that found no room were refused, saying why.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut busy = 0;
+    for (_, s) in &mut streams {
+        let first = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("every stream answers once read");
+        if let Err(status) = first {
+            assert_error(&status, Code::ResourceExhausted, "chat.Busy");
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "60 MiB of batches cannot all fit in 24 MiB");
+    assert!(metric(&server, "chat_memory_budget_refusals_total").await >= busy as f64);
+    drop((streams, pages));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Room again; a default History page is cut by bytes, keeping the newest.
+    let page = other
+        .history(pb::HistoryRequest {
+            chat_id: chat.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        page.has_more && page.messages.len() < 20,
+        "{}",
+        page.messages.len()
+    );
+    assert_eq!(page.messages.last().unwrap().seq, 321);
+
+    let used = metric(&server, "chat_memory_budget_used_bytes").await;
+    assert!(
+        used < (2 << 20) as f64,
+        "given back when the clients go: {used}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_are_cut_by_bytes_on_each_wire_keeping_the_end_next_to_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.history_page_bytes = 256 * 1024;
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let chat = big_chat(&mut c, 40, 30 * 1024).await;
+    let history = |before: Option<u64>, after: Option<u64>| pb::HistoryRequest {
+        chat_id: chat.clone(),
+        before_seq: before,
+        after_seq: after,
+        ..Default::default()
+    };
+    let seqs = |page: &pb::HistoryResponse| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let newest = c.history(history(None, None)).await.unwrap().into_inner();
+    assert!(newest.has_more);
+    assert_eq!(
+        seqs(&newest),
+        (33..=40).collect::<Vec<_>>(),
+        "8 × 30 KiB fit in 256 KiB"
+    );
+    let older = c
+        .history(history(Some(33), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seqs(&older), (25..=32).collect::<Vec<_>>());
+    let forward = c
+        .history(history(None, Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seqs(&forward), (1..=8).collect::<Vec<_>>());
+    assert!(forward.has_more);
+    let last = c
+        .history(history(None, Some(36)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seqs(&last), [37, 38, 39, 40]);
+    assert!(!last.has_more);
+
+    // JSON: text of control characters is six bytes a character when
+    // escaped; the page is cut by its JSON size, and a full-size message so
+    // spelled is accepted.
+    let escaped = "\u{1}".repeat(60 * 1024);
+    let body =
+        serde_json::json!({"chat_id": chat, "user_id": "ann", "client_id": "e1", "text": escaped});
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/chat/Chat/Send", server.addr))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/chat/Chat/History", server.addr))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"chat_id": chat}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 600 * 1024, "{} bytes", text.len());
+    let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "one 360 KiB message is the whole page");
+    assert_eq!(messages[0]["seq"], "41");
+    assert_eq!(page["has_more"], true);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_messages_are_bounded_and_vanished_clients_are_closed() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message as Ws};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.keepalive_interval = 1;
+    config.keepalive_timeout = 1;
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    let url = format!(
+        "ws://{}/chat/Chat/Connect?chat_id={chat}&user_id=ann",
+        server.addr
+    );
+    // A message far above the longest valid one ends the socket; nothing is stored.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let huge = serde_json::json!({"client_id": "h", "text": "x".repeat(4 << 20)}).to_string();
+    let _ = ws.send(Ws::Text(huge.into())).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Ws::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "an oversized message ends the socket");
+    assert!(all_messages(&mut c, &chat).await.is_empty());
+
+    // A client that stops answering pings is closed after interval + timeout.
+    let open = || {
+        server
+            .chats
+            .metrics()
+            .streams_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = open();
+    let mut quiet_config = WebSocketConfig::default();
+    quiet_config.max_message_size = None;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (quiet, _) = tokio_tungstenite::client_async_with_config(&url, tcp, Some(quiet_config))
+        .await
+        .unwrap();
+    wait_until(|| open() == before + 1).await;
+    // Never polled again: pings go unanswered.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(open(), before, "the vanished client's stream was closed");
+    drop(quiet);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_window_is_freed_when_its_last_stream_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let used = || {
+        server
+            .chats
+            .metrics()
+            .budget_used
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let chat = new_chat(&mut c, &[]).await;
+        let (tx, req) = connect_request(&chat, "ann", None);
+        let rx = c.connect(req).await.unwrap().into_inner();
+        for j in 0..4 {
+            send(
+                &mut c,
+                &chat,
+                "ann",
+                &format!("{i}-{j}"),
+                &"y".repeat(60 * 1024),
+            )
+            .await;
+        }
+        streams.push((tx, rx));
+    }
+    assert!(
+        used() >= 20 * 4 * 60 * 1024,
+        "the windows hold the messages"
+    );
+    for (_, rx) in &mut streams {
+        for _ in 0..4 {
+            rx.message().await.unwrap().unwrap();
+        }
+    }
+    drop(streams);
+    wait_until(|| used() == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_get_room_is_refused_with_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.memory_budget_mb = 1;
+    config.budget_wait = 1;
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let chat = big_chat(&mut c, 12, 60 * 1024).await;
+    // A History lease is a whole page (1 MiB): one stalled page fills the budget.
+    let history = pb::HistoryRequest {
+        chat_id: chat.clone(),
+        ..Default::default()
+    };
+    let call = stalled_call(server.addr, "/chat.Chat/History", history).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = server
+        .chats
+        .metrics()
+        .budget_used
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        held > 700 * 1024,
+        "the stalled page holds its lease: {held}"
+    );
+    let err = c
+        .history(pb::HistoryRequest {
+            chat_id: chat.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "chat.Busy");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/chat/Chat/History", server.addr))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"chat_id": chat}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    drop(call);
+    // Room again once the stalled call is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.history(pb::HistoryRequest {
+        chat_id: chat,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
