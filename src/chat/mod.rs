@@ -470,7 +470,15 @@ impl Chats {
         tokio::spawn(async move {
             let mut closing = chats.closing();
             let mut swept = tokio::time::Instant::now();
+            let mut trimmed_at = 0;
             loop {
+                let used = chats.shared.budget.in_use();
+                if used + TRIM_AFTER_FREEING < trimmed_at {
+                    release_freed_memory();
+                }
+                if used > trimmed_at || used + TRIM_AFTER_FREEING < trimmed_at {
+                    trimmed_at = used;
+                }
                 if swept.elapsed() >= fanout::RECENT_IDLE / 4 {
                     swept = tokio::time::Instant::now();
                     let states: Vec<_> = lock(&chats.shared.live).chats.values().cloned().collect();
@@ -498,6 +506,22 @@ impl Chats {
                 }
             }
         })
+    }
+}
+
+/// When this much of the memory budget has been given back since the
+/// last high point, freed memory is handed back to the operating system.
+const TRIM_AFTER_FREEING: usize = 32 << 20;
+
+/// Hands memory the allocator keeps after it was freed back to the
+/// operating system. glibc's malloc keeps freed pages of its arenas, so
+/// without this the RSS of a server that once held its whole memory budget
+/// for stalled clients would stay there after they left.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -8,8 +8,10 @@
 //! about a second (CI runs it so the tool never rots); the default is the
 //! full run. Ratios, not absolute numbers, are what compare across runs.
 //! Scenario 9 ([`postgres`]) measures the PostgreSQL store on a throwaway
-//! cluster it starts with `scripts/pg-cluster`.
+//! cluster it starts with `scripts/pg-cluster`; scenario 10 ([`abuse`])
+//! what hostile clients can make the server hold.
 
+mod abuse;
 mod postgres;
 
 use std::{
@@ -1154,6 +1156,11 @@ fn main() -> Result<(), BoxError> {
             scenario6(&mut report, &bin, args.quick, pin)
                 .await
                 .map_err(|e| format!("scenario 6: {e}"))?;
+        }
+        if wanted(10) {
+            abuse::scenario10(&mut report, &bin, args.quick, pin)
+                .await
+                .map_err(|e| format!("scenario 10: {e}"))?;
         }
         if wanted(9) {
             postgres::scenario9(&mut report, &bin, &args.pg_cluster, args.quick, pin)
