@@ -151,6 +151,22 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
 
+    /// Most client connections open at once (WebSockets included); past
+    /// it, new ones are closed at once. 0: what the descriptor limit
+    /// allows, less room for the store and the other ports.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection has for its TLS handshake and its first
+    /// request (and an HTTP/1 request for its headers).
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+
+    /// Seconds a connection with no call open may stay (0: forever). An
+    /// open Connect stream is a call: quiet listeners stay.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout: u64,
+
     /// Seconds to wait on SIGTERM/SIGINT for in-flight calls before exiting anyway.
     #[arg(long, env = "CHAT_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -428,6 +444,22 @@ impl Config {
             history_page_bytes: self.history_page_bytes.max(1),
             memory_budget: self.memory_budget_mb.max(1) << 20,
             budget_wait: Duration::from_secs(self.budget_wait),
+        }
+    }
+
+    /// How connections are limited; `fd_limit` is the descriptor limit
+    /// the default `--max-connections` is derived from.
+    pub fn connection_limits(&self, fd_limit: u64) -> crate::conn::Limits {
+        let derived = fd_limit
+            .saturating_sub(crate::conn::FD_HEADROOM + 2 * self.pg_pool_size as u64)
+            .max(16) as usize;
+        crate::conn::Limits {
+            max_connections: match self.max_connections {
+                0 => derived,
+                n => n,
+            },
+            handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`auth`]: who is calling (JWT, a sidecar's header, a client
 //!   certificate); the rules live in [`chat`].
 //! - [`tls`]: TLS on the one port, client certificates, reload.
+//! - [`conn`]: accepting connections; their limits and timeouts.
 //! - [`health`]: `grpc.health.v1.Health`: liveness, and readiness that follows the store.
 //! - [`metrics`]: counters and histograms, as Prometheus text.
 //! - [`config`]: flags and `CHAT_*` environment variables.
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod chat;
 pub mod codec;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod grpc;
 pub mod health;
@@ -55,10 +57,7 @@ pub mod pb {
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tower::Layer as _;
 
@@ -333,6 +332,10 @@ impl Server {
         // on each connection.
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(config.handshake_timeout.max(1)));
+        builder
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(config.keepalive_interval())
@@ -346,69 +349,16 @@ impl Server {
             let auth = auth.clone();
             async move { auth.refresh_keys().await }
         });
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let tcp = match accepted {
-                        Ok((tcp, _)) => tcp,
-                        Err(e) => {
-                            // Out of descriptors, say: back off, keep serving the others.
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // No Nagle: small responses (acks, echoes) must not wait
-                    // for the client's delayed ACK.
-                    let _ = tcp.set_nodelay(true);
-                    let Some(tls) = &tls else {
-                        let svc = TowerToHyperService::new(app.clone());
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
-                        let conn = connections.watch(conn.into_owned());
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!("connection ended: {e}");
-                            }
-                        });
-                        continue;
-                    };
-                    // The handshake runs in the connection's task, so a
-                    // client that never finishes it holds up no one else.
-                    let acceptor = tls.acceptor();
-                    let (app, builder, watcher) = (app.clone(), builder.clone(), connections.watcher());
-                    tokio::spawn(async move {
-                        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
-                            Err(_) => return tracing::debug!("TLS handshake timed out"),
-                        };
-                        // Who the client certificate (if any) names, on every
-                        // request of the connection.
-                        let peer = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .and_then(tls::peer_identity);
-                        let svc = tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
-                            if let Some(peer) = &peer {
-                                req.extensions_mut().insert(peer.clone());
-                            }
-                            req
-                        });
-                        let conn = builder.serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            TowerToHyperService::new(svc),
-                        );
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!("connection ended: {e}");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
+        let limits = config.connection_limits(conn::raise_fd_limit());
+        tracing::debug!(?limits, "connection limits");
+        let acceptor = conn::Acceptor {
+            app,
+            tls,
+            builder,
+            limits,
+            metrics: chats.metrics().clone(),
+        };
+        acceptor.run(&listener, &connections, shutdown).await;
         reloader.abort();
         refresher.abort();
         drop(listener);
@@ -440,9 +390,6 @@ impl Server {
         Ok(())
     }
 }
-
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Re-reads the TLS files and the JWT keys on every SIGHUP, until aborted.
 /// A reload that fails keeps what is in use, and says why.

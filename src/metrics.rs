@@ -89,6 +89,12 @@ pub struct Metrics {
     /// (`chat.Busy`) after waiting `--budget-wait`.
     pub budget_waits: AtomicU64,
     pub budget_refusals: AtomicU64,
+    /// Client connections open, refused past --max-connections, and closed
+    /// for want of a first request (handshake) or of any call (idle).
+    pub connections_open: AtomicI64,
+    pub connections_refused: AtomicU64,
+    pub connections_timed_out_handshake: AtomicU64,
+    pub connections_timed_out_idle: AtomicU64,
 }
 
 impl Metrics {
@@ -122,7 +128,7 @@ impl Metrics {
                 &format!("method=\"{method}\""),
             );
         }
-        let gauges: [(&str, &str, &str, i64); 11] = [
+        let gauges: [(&str, &str, &str, i64); 13] = [
             (
                 "chat_connect_streams_open",
                 "gauge",
@@ -166,6 +172,18 @@ impl Metrics {
                 self.bus_wakeups.load(Relaxed) as i64,
             ),
             (
+                "chat_connections_open",
+                "gauge",
+                "Client connections open (WebSockets included).",
+                self.connections_open.load(Relaxed),
+            ),
+            (
+                "chat_connections_refused_total",
+                "counter",
+                "Connections closed at once because --max-connections were open.",
+                self.connections_refused.load(Relaxed) as i64,
+            ),
+            (
                 "chat_memory_budget_bytes",
                 "gauge",
                 "The memory budget for what clients make the server hold (--memory-budget-mb).",
@@ -204,6 +222,15 @@ impl Metrics {
              chat_auth_failures_total{{reason=\"invalid\"}} {}",
             self.auth_missing.load(Relaxed),
             self.auth_invalid.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chat_connections_timed_out_total Connections closed by the server: no request within --handshake-timeout, or no call for --idle-timeout.\n\
+             # TYPE chat_connections_timed_out_total counter\n\
+             chat_connections_timed_out_total{{reason=\"handshake\"}} {}\n\
+             chat_connections_timed_out_total{{reason=\"idle\"}} {}",
+            self.connections_timed_out_handshake.load(Relaxed),
+            self.connections_timed_out_idle.load(Relaxed)
         );
         out.push_str("# HELP chat_flush_duration_seconds Store commits (one per group: a sled flush or a database transaction).\n# TYPE chat_flush_duration_seconds histogram\n");
         self.flush_latency

@@ -121,7 +121,8 @@ async fn stalled_catch_up_streams_and_history_stay_within_the_memory_budget() {
     let stalled = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
         .unwrap()
         .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(1 << 20)
+        // Room on the connection for every stream's window: each stalls on its own.
+        .initial_connection_window_size(16 << 20)
         .connect()
         .await
         .unwrap();
@@ -432,5 +433,142 @@ async fn a_reader_that_cannot_get_room_is_refused_with_resource_exhausted() {
     })
     .await
     .unwrap();
+    server.stop().await;
+}
+
+/// Whether the server closes `s` within `within` (reads until EOF or an error).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_and_quiet_streams_stay() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.handshake_timeout = 1;
+    config.idle_timeout = 2;
+    let server = TestServer::start_with(config).await;
+    let connect = || tokio::net::TcpStream::connect(server.addr);
+
+    // Nothing at all, one byte of a preface, headers a byte at a time.
+    let mut silent = connect().await.unwrap();
+    let mut one_byte = connect().await.unwrap();
+    one_byte.write_all(b"P").await.unwrap();
+    let mut slowloris = connect().await.unwrap();
+    slowloris
+        .write_all(b"POST /chat/Chat/New HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        for _ in 0..20 {
+            if slowloris.write_all(b"X").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        closed_within(&mut slowloris, Duration::from_millis(10)).await
+    });
+    for s in [&mut silent, &mut one_byte] {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "closed after the handshake timeout"
+        );
+    }
+    assert!(drip.await.unwrap(), "a dripping request is cut off");
+
+    // A keep-alive connection whose last call is over is closed when idle...
+    let mut kept = connect().await.unwrap();
+    let body = "{}";
+    kept.write_all(
+        format!(
+            "POST /chat/Chat/New HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(6)).await,
+        "an idle HTTP/1 connection is closed (waiting for the next request's headers)"
+    );
+    // ...and so is an HTTP/2 one, after --idle-timeout.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = h2
+        .send_request(
+            hyper::Request::get(format!("http://{}/nowhere", server.addr))
+                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    drop(resp);
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");
+    // ...but a quiet Connect stream is a call: its connection stays.
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    let (_tx, req) = connect_request(&chat, "ann", None);
+    let mut quiet = c.connect(req).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut other = server.client().await;
+    send(&mut other, &chat, "bob", "b1", "still there?").await;
+    let got = tokio::time::timeout(Duration::from_secs(5), quiet.message())
+        .await
+        .expect("the quiet stream is still open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.text, "still there?");
+    let m = server.chats.metrics();
+    assert!(m.connections_timed_out_handshake.load(Relaxed) >= 2);
+    assert!(m.connections_timed_out_idle.load(Relaxed) >= 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_new_ones_are_closed_at_once_and_served_after_others_leave() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.max_connections = 10;
+    let server = TestServer::start_with(config).await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let open = || server.chats.metrics().connections_open.load(Relaxed);
+    wait_until(|| open() == 10).await;
+    let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)).await,
+        "the 11th connection is closed at once"
+    );
+    assert!(server.chats.metrics().connections_refused.load(Relaxed) >= 1);
+    held.truncate(5);
+    wait_until(|| open() == 5).await;
+    let mut c = server.client().await;
+    new_chat(&mut c, &[]).await;
+    drop(held);
     server.stop().await;
 }
