@@ -14,6 +14,13 @@ pub enum Error {
     /// A field or message is over a configured size limit.
     #[error("{0}: {1}")]
     TooLarge(&'static str, String),
+    /// The request itself is over the size the server decodes (gRPC's
+    /// receive limit, or the HTTP body limit).
+    #[error("chat.RequestTooLarge: {0}")]
+    RequestTooLarge(String),
+    /// A value is past what exists (a `since-seq` beyond the chat's end).
+    #[error("{0}: {1}")]
+    OutOfRange(&'static str, String),
     /// The chat does not exist.
     #[error("{0}: {1}")]
     NotFound(&'static str, String),
@@ -49,6 +56,8 @@ impl Error {
             | Error::NotFound(_, d)
             | Error::PermissionDenied(_, d)
             | Error::AlreadyExists(_, d)
+            | Error::OutOfRange(_, d)
+            | Error::RequestTooLarge(d)
             | Error::Busy(d)
             | Error::Unavailable(d) => d.clone(),
             Error::Store(e) => e.to_string(),
@@ -63,7 +72,9 @@ impl Error {
             | Error::TooLarge(id, _)
             | Error::NotFound(id, _)
             | Error::PermissionDenied(id, _)
-            | Error::AlreadyExists(id, _) => id,
+            | Error::AlreadyExists(id, _)
+            | Error::OutOfRange(id, _) => id,
+            Error::RequestTooLarge(_) => "chat.RequestTooLarge",
             Error::Busy(_) => "chat.Busy",
             Error::Unavailable(_) => "chat.Unavailable",
             Error::Store(_) => "chat.Store",
@@ -86,6 +97,10 @@ impl Error {
         let (grpc, http, ws_close) = match self {
             Error::Invalid(..) => (Code::InvalidArgument, 400, 1008),
             Error::TooLarge(..) => (Code::InvalidArgument, 413, 1008),
+            // gRPC's convention for a message over the receive limit;
+            // 1009 "message too big".
+            Error::RequestTooLarge(_) => (Code::ResourceExhausted, 413, 1009),
+            Error::OutOfRange(..) => (Code::OutOfRange, 400, 1008),
             Error::NotFound(..) => (Code::NotFound, 404, 1008),
             // 4401 / 4403: the HTTP statuses, as WebSocket application codes.
             Error::Unauthenticated(..) => (Code::Unauthenticated, 401, 4401),

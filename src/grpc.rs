@@ -209,7 +209,7 @@ impl pb::chat_server::Chat for ChatService {
                         end_at = Some(sub.durable());
                         None
                     }
-                    Event::Inbound(Err(status)) => Some(status),
+                    Event::Inbound(Err(status)) => Some(over_limit(&status).map_or(status, Status::from)),
                     Event::Batch(Ok(batch)) => {
                         for msg in batch {
                             yield Ok(to_wire_in(&msg, &wire_chat_id));
@@ -246,7 +246,7 @@ impl ChatService {
         self.chats
             .subscribe(
                 &metadata(md, "chat-id")?,
-                &metadata(md, "user-id")?,
+                &user_id(md)?,
                 since_seq,
                 caller.as_ref(),
             )
@@ -327,6 +327,11 @@ pub(crate) fn finished(
 ) {
     let code_name = code_name(code);
     metrics.rpc(method, code_name, latency);
+    // A client's chat id, however long, is logged by its start only.
+    let chat_id = match chat_id.char_indices().nth(64) {
+        Some((cut, _)) => &chat_id[..cut],
+        None => chat_id,
+    };
     let latency_us = latency.as_micros() as u64;
     let error = err.map_or("", Status::message);
     match code {
@@ -350,6 +355,69 @@ fn metadata(md: &MetadataMap, key: &'static str) -> Result<String, Error> {
                 format!("the {key} metadata must be printable ASCII"),
             )
         }),
+    }
+}
+
+/// The stream's user: `user-id`, or `user-id-bin` (binary metadata, which
+/// gRPC base64-encodes on the wire) for ids that are not ASCII, such as
+/// "José": metadata values must be printable ASCII.
+fn user_id(md: &MetadataMap) -> Result<String, Error> {
+    let text = metadata(md, "user-id")?;
+    match md.get_bin("user-id-bin") {
+        Some(bin) if text.is_empty() => {
+            let bytes = bin.to_bytes().map_err(|_| {
+                Error::Invalid(
+                    "chat.Connect.InvalidMetadata",
+                    "the user-id-bin metadata is not valid base64".into(),
+                )
+            })?;
+            String::from_utf8(bytes.to_vec()).map_err(|_| {
+                Error::Invalid(
+                    "chat.Connect.InvalidMetadata",
+                    "the user-id-bin metadata must be UTF-8".into(),
+                )
+            })
+        }
+        Some(_) => Err(Error::Invalid(
+            "chat.Connect.InvalidMetadata",
+            "set user-id or user-id-bin, not both".into(),
+        )),
+        None => Ok(text),
+    }
+}
+
+/// tonic refuses a request message over the decoding limit with
+/// OUT_OF_RANGE before any handler runs; gRPC's convention for a message
+/// over the receive limit (grpc-go, grpc-java, grpc-core) is
+/// RESOURCE_EXHAUSTED, and ours is `chat.RequestTooLarge`.
+fn over_limit(status: &Status) -> Option<Error> {
+    let tonic_says = "Error, decoded message length too large: ";
+    let found = status.message().strip_prefix(tonic_says)?;
+    (status.code() == Code::OutOfRange).then(|| {
+        Error::RequestTooLarge(format!(
+            "the request message is over the server's limit ({found}); \
+             see --max-message-bytes"
+        ))
+    })
+}
+
+/// Rewrites tonic's refusal of an oversized request (a trailers-only
+/// response, before any handler) as [`over_limit`] says, for every gRPC
+/// and gRPC-Web call.
+pub async fn request_too_large(response: axum::response::Response) -> axum::response::Response {
+    match Status::from_header_map(response.headers()).and_then(|s| over_limit(&s)) {
+        None => response,
+        Some(e) => {
+            let (mut parts, _) = response.into_parts();
+            let status = Status::from(e);
+            parts.headers.remove("grpc-status");
+            parts.headers.remove("grpc-message");
+            parts.headers.remove("grpc-status-details-bin");
+            if status.add_header(&mut parts.headers).is_err() {
+                return Status::resource_exhausted("chat.RequestTooLarge").into_http();
+            }
+            axum::response::Response::from_parts(parts, axum::body::Body::empty())
+        }
     }
 }
 

@@ -42,17 +42,24 @@ struct Http {
     max_body: usize,
     /// WebSocket pings: how often, and how long an answer may take.
     keepalive: Option<(Duration, Duration)>,
+    /// Browser origins allowed besides the service's own (`--cors-origins`).
+    origins: Arc<Vec<String>>,
 }
 
-/// The HTTP/JSON routes, to be merged with the gRPC ones. `max_body` bounds
-/// request bodies and WebSocket messages; `keepalive` (interval, timeout)
-/// pings WebSocket clients and closes the ones that stop answering.
-pub fn router(
-    chats: Chats,
-    auth: Arc<Auth>,
-    max_body: usize,
-    keepalive: Option<(Duration, Duration)>,
-) -> Router {
+/// How the HTTP/JSON interface is set up.
+pub struct Options {
+    /// The largest request body and WebSocket message accepted.
+    pub max_body: usize,
+    /// (interval, timeout) of WebSocket pings: clients that stop answering
+    /// are closed.
+    pub keepalive: Option<(Duration, Duration)>,
+    /// Browser origins allowed to open a WebSocket besides the service's
+    /// own (`--cors-origins`; `*` for any, `null` for pages opened from disk).
+    pub origins: Vec<String>,
+}
+
+/// The HTTP/JSON routes, to be merged with the gRPC ones.
+pub fn router(chats: Chats, auth: Arc<Auth>, options: Options) -> Router {
     Router::new()
         .route("/chat/Chat/New", post(new))
         .route("/chat/Chat/History", post(history))
@@ -61,9 +68,35 @@ pub fn router(
         .with_state(Http {
             chats,
             auth,
-            max_body,
-            keepalive,
+            max_body: options.max_body,
+            keepalive: options.keepalive,
+            origins: Arc::new(options.origins),
         })
+}
+
+/// Whether a WebSocket may be opened from the page whose `Origin` the
+/// browser sent: no `Origin` (not a browser), the service's own (its
+/// `Host`), or one listed in `--cors-origins`. Anything else would let any
+/// web page a user visits read and post to a chat server on their network
+/// (cross-site WebSocket hijacking): browsers do not apply CORS to
+/// WebSockets, so the server must.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim();
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim().eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
 }
 
 /// The subprotocol a browser's WebSocket offers, with `bearer.<token>`
@@ -231,13 +264,10 @@ where
         let bytes: Bytes = axum::body::to_bytes(body, http.max_body)
             .await
             .map_err(|_| {
-                Error::TooLarge(
-                    "chat.TooLarge",
-                    format!(
-                        "the request body is over the limit of {} bytes",
-                        http.max_body
-                    ),
-                )
+                Error::RequestTooLarge(format!(
+                    "the request body is over the limit of {} bytes",
+                    http.max_body
+                ))
             })?;
         let req: Req = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Invalid(
@@ -317,6 +347,13 @@ async fn connect(
             }
         },
     };
+    if !origin_allowed(&headers, &http.origins) {
+        return error_response(&Error::PermissionDenied(
+            "chat.Connect.ForbiddenOrigin",
+            "WebSockets are accepted from the service's own pages and from --cors-origins only"
+                .into(),
+        ));
+    }
     // The token: `Authorization`, else a `bearer.<token>` subprotocol, else the query.
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)

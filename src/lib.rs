@@ -267,13 +267,17 @@ impl Server {
                 .merge(http::router(
                     chats.clone(),
                     auth.clone(),
-                    config.max_json_bytes(),
-                    config
-                        .keepalive_interval()
-                        .map(|every| (every, Duration::from_secs(config.keepalive_timeout))),
+                    http::Options {
+                        max_body: config.max_json_bytes(),
+                        keepalive: config
+                            .keepalive_interval()
+                            .map(|every| (every, Duration::from_secs(config.keepalive_timeout))),
+                        origins: config.cors_origins.clone(),
+                    },
                 ))
                 .fallback(http::fallback)
-                .layer(axum::middleware::map_response(http::keep_leases));
+                .layer(axum::middleware::map_response(http::keep_leases))
+                .layer(axum::middleware::map_response(grpc::request_too_large));
             if !config.cors_origins.is_empty() {
                 app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
             }

@@ -226,6 +226,8 @@ async fn jwt_server(dir: &std::path::Path) -> TestServer {
     let mut config = test_config(dir).await;
     config.auth = AuthMode::Jwt;
     config.jwt_secret_file = Some(secret);
+    // The pages are opened from disk: their origin is `null`.
+    config.cors_origins = vec!["null".into()];
     TestServer::start_with(config).await
 }
 
@@ -271,7 +273,10 @@ async fn stored_as(c: &mut Client, reader: &str, chat: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browser_pages_chat_through_the_example_page() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let mut config = test_config(dir.path()).await;
+    // The page is opened from disk: its origin is `null`.
+    config.cors_origins = vec!["null".into()];
+    let server = TestServer::start_with(config).await;
     let mut c = server.client().await;
     let chat = new_chat(&mut c, &["ann", "bob"]).await;
     let mut browser = Browser::start().await;

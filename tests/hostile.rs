@@ -109,7 +109,7 @@ async fn a_request_of_the_wrong_shape_is_invalid_argument() {
 }
 
 #[tokio::test]
-async fn a_frame_above_the_decoding_limit_is_refused_and_stores_nothing() {
+async fn a_request_above_the_decoding_limit_is_resource_exhausted_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client().await;
@@ -119,8 +119,40 @@ async fn a_frame_above_the_decoding_limit_is_refused_and_stores_nothing() {
         .send(send_req(&chat, "ann", "c1", &huge))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert!(err.message().contains("too large"), "{err:?}");
+    assert_error(&err, Code::ResourceExhausted, "chat.RequestTooLarge");
+    assert!(err.message().contains("limit"), "{}", err.message());
+    // The same on a Connect stream...
+    let (tx, req) = connect_request(&chat, "ann", None);
+    let mut stream = c.connect(req).await.unwrap().into_inner();
+    tx.send(pb::Message {
+        client_id: "c2".into(),
+        text: huge.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = stream.message().await.unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "chat.RequestTooLarge");
+    // ...and as JSON: 413 with the same id.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/chat/Chat/Send", server.addr))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"chat_id": chat, "user_id": "ann", "client_id": "c3", "text": huge})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["id"], "chat.RequestTooLarge");
+    // A message that decodes but is over --max-message-bytes stays INVALID_ARGUMENT.
+    let err = c
+        .send(send_req(&chat, "ann", "c4", &"y".repeat(65 * 1024)))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.Send.TooLarge");
     assert!(all_messages(&mut c, &chat).await.is_empty());
     assert_eq!(
         send(&mut c, &chat, "ann", "c1", "small").await.seq,
@@ -232,5 +264,195 @@ async fn a_panicking_request_fails_alone_and_the_server_carries_on() {
         m,
         "the open stream still works"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chat_ids_are_uuids_as_new_spells_them_and_long_ones_are_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    send(&mut c, &chat, "ann", "c1", "hi").await;
+    let history = |id: &str| pb::HistoryRequest {
+        chat_id: id.into(),
+        ..Default::default()
+    };
+    // Upper case is the same chat.
+    let page = c.history(history(&chat.to_uppercase())).await.unwrap();
+    assert_eq!(page.into_inner().messages.len(), 1);
+    // Other spellings a UUID parser would take name no chat.
+    let simple = chat.replace('-', "");
+    for other in [
+        format!("{{{chat}}}"),
+        format!("urn:uuid:{chat}"),
+        simple,
+        "not-a-chat".to_string(),
+    ] {
+        let err = c.history(history(&other)).await.unwrap_err();
+        assert_error(&err, Code::NotFound, "chat.History.InvalidChatID");
+    }
+    // 8,000 characters: refused before any lookup, echoed by a short prefix only.
+    let long = "x".repeat(8000);
+    let err = c.history(history(&long)).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.History.ChatIDTooLong");
+    assert!(err.message().len() < 200, "{} bytes", err.message().len());
+    let err = c
+        .send(send_req(&long, "ann", "c2", "hi"))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.Send.ChatIDTooLong");
+    let (_tx, req) = connect_request(&long, "ann", None);
+    let err = c.connect(req).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.Connect.ChatIDTooLong");
+    // 60 characters that are no UUID: NOT_FOUND, with a prefix of the id.
+    let err = c.history(history(&"y".repeat(60))).await.unwrap_err();
+    assert_error(&err, Code::NotFound, "chat.History.InvalidChatID");
+    assert!(
+        !err.message().contains(&"y".repeat(60)),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn since_seq_beyond_the_chat_is_out_of_range_and_says_the_last_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    send(&mut c, &chat, "ann", "c1", "one").await;
+    send(&mut c, &chat, "ann", "c2", "two").await;
+    let (_tx, req) = connect_request(&chat, "ann", Some("3"));
+    let err = c.connect(req).await.unwrap_err();
+    assert_error(&err, Code::OutOfRange, "chat.Connect.SinceSeqAhead");
+    assert!(err.message().contains("last seq, 2"), "{}", err.message());
+    // The end itself is fine: nothing yet, then what comes.
+    let (_tx, req) = connect_request(&chat, "ann", Some("2"));
+    let mut stream = c.connect(req).await.unwrap().into_inner();
+    send(&mut c, &chat, "ann", "c3", "three").await;
+    assert_eq!(stream.message().await.unwrap().unwrap().seq, 3);
+    let ws = tokio_tungstenite::connect_async(format!(
+        "ws://{}/chat/Chat/Connect?chat_id={chat}&user_id=ann&since_seq=9",
+        server.addr
+    ))
+    .await;
+    match ws {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
+        other => panic!("expected 400, got {:?}", other.map(|_| ())),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ids_with_control_or_bidi_override_characters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    for bad in [
+        "ann\u{1b}[31m",
+        "bob\u{202e}nna",
+        "eve\u{2066}x",
+        "\u{85}x",
+        "a\u{7f}",
+    ] {
+        let err = c
+            .new_chat(pb::NewRequest {
+                user_ids: vec![bad.into()],
+            })
+            .await
+            .unwrap_err();
+        assert_error(&err, Code::InvalidArgument, "chat.New.InvalidUserID");
+        let err = c.send(send_req(&chat, bad, "c1", "hi")).await.unwrap_err();
+        assert_error(&err, Code::InvalidArgument, "chat.Send.InvalidUserID");
+        let err = c.send(send_req(&chat, "ann", bad, "hi")).await.unwrap_err();
+        assert_error(&err, Code::InvalidArgument, "chat.Send.InvalidClientID");
+        let mut req = connect_request(&chat, "", None).1;
+        req.metadata_mut().insert_bin(
+            "user-id-bin",
+            tonic::metadata::MetadataValue::from_bytes(bad.as_bytes()),
+        );
+        let err = c.connect(req).await.unwrap_err();
+        assert_error(&err, Code::InvalidArgument, "chat.Connect.InvalidUserID");
+    }
+    assert!(all_messages(&mut c, &chat).await.is_empty());
+    // Letters of any script are ids like any other.
+    send(&mut c, &chat, "José", "c1", "olá").await;
+    send(&mut c, &chat, "مريم", "c2", "مرحبا").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn non_ascii_users_connect_with_user_id_bin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &["José", "ann"]).await;
+    let (tx, mut req) = connect_request(&chat, "", Some("0"));
+    req.metadata_mut().insert_bin(
+        "user-id-bin",
+        tonic::metadata::MetadataValue::from_bytes("José".as_bytes()),
+    );
+    let mut stream = c.connect(req).await.unwrap().into_inner();
+    tx.send(pb::Message {
+        client_id: "j1".into(),
+        text: "olá".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let echo = stream.message().await.unwrap().unwrap();
+    assert_eq!((echo.user_id.as_str(), echo.text.as_str()), ("José", "olá"));
+    // Both spellings at once is ambiguous.
+    let (_tx, mut req) = connect_request(&chat, "ann", None);
+    req.metadata_mut().insert_bin(
+        "user-id-bin",
+        tonic::metadata::MetadataValue::from_bytes("José".as_bytes()),
+    );
+    let err = c.connect(req).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.Connect.InvalidMetadata");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn websockets_are_accepted_from_the_services_own_pages_and_cors_origins_only() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.cors_origins = vec!["https://app.example".into()];
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    let url = format!(
+        "ws://{}/chat/Chat/Connect?chat_id={chat}&user_id=ann",
+        server.addr
+    );
+    let open = |origin: Option<String>| {
+        let mut req = url.clone().into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert("origin", HeaderValue::from_str(&o).unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    assert!(open(None).await.is_ok(), "no Origin: not a browser");
+    assert!(
+        open(Some(format!("http://{}", server.addr))).await.is_ok(),
+        "the service's own page"
+    );
+    assert!(
+        open(Some("https://app.example".into())).await.is_ok(),
+        "listed"
+    );
+    for foreign in ["https://evil.example", "null"] {
+        match open(Some(foreign.into())).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403, "{foreign}")
+            }
+            other => panic!("{foreign}: expected 403, got {:?}", other.map(|_| ())),
+        }
+    }
     server.stop().await;
 }

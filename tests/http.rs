@@ -177,7 +177,7 @@ async fn every_error_has_the_original_json_shape_and_status_and_stores_nothing()
         )
         .await,
         413,
-        "chat.TooLarge",
+        "chat.RequestTooLarge",
         "Payload Too Large",
     );
     assert_http_error(

@@ -107,7 +107,11 @@ impl ChatState {
         } else {
             Err(Error::PermissionDenied(
                 error_id,
-                format!("user {user_id:?} is not a member of chat {}", self.id),
+                format!(
+                    "user {} is not a member of chat {}",
+                    super::shown(user_id),
+                    self.id
+                ),
             ))
         }
     }
@@ -362,8 +366,8 @@ impl Subscription {
             return Err(invalid(
                 "chat.Connect.WrongChatID",
                 format!(
-                    "this stream is for chat {chat_id}, the message names {:?}",
-                    draft.chat_id
+                    "this stream is for chat {chat_id}, the message names {}",
+                    super::shown(&draft.chat_id)
                 ),
             ));
         }
@@ -371,8 +375,9 @@ impl Subscription {
             return Err(invalid(
                 "chat.Connect.WrongUserID",
                 format!(
-                    "this stream is for user {:?}, the message names {:?}",
-                    self.user_id, draft.user_id
+                    "this stream is for user {}, the message names {}",
+                    super::shown(&self.user_id),
+                    super::shown(&draft.user_id)
                 ),
             ));
         }

@@ -37,7 +37,7 @@ impl Chats {
         if chat_id.is_empty() {
             return Err(invalid("chat.History.MissingChatID", "chat_id is required"));
         }
-        let chat = self.chat("chat.History.InvalidChatID", chat_id).await?;
+        let chat = self.chat(super::HISTORY_IDS, chat_id).await?;
         match caller {
             Some(who) if who.service => acting_for(who, "History", chat_id),
             Some(who) => chat.check_member("chat.History.NotAMember", &who.user)?,

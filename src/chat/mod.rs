@@ -184,8 +184,8 @@ impl Chats {
                 return Err(Error::PermissionDenied(
                     "chat.New.NotAMember",
                     format!(
-                        "user {:?} may only create chats it is a member of",
-                        who.user
+                        "user {} may only create chats it is a member of",
+                        shown(&who.user)
                     ),
                 ));
             }
@@ -242,8 +242,9 @@ impl Chats {
                 return Err(Error::PermissionDenied(
                     "chat.Send.WrongUser",
                     format!(
-                        "user {:?} may not send as {:?}; leave user_id empty or set it to yourself",
-                        who.user, draft.user_id
+                        "user {} may not send as {}; leave user_id empty or set it to yourself",
+                        shown(&who.user),
+                        shown(&draft.user_id)
                     ),
                 ));
             }
@@ -281,10 +282,10 @@ impl Chats {
         }
         // No store keeps NUL in text (PostgreSQL refuses it), so no store
         // gets one: the same message is valid on every backend.
-        if draft.client_id.contains('\0') {
+        if let Some(c) = draft.client_id.chars().find(|&c| forbidden_in_id(c)) {
             return Err(invalid(
                 "chat.Send.InvalidClientID",
-                "client_id must not contain NUL characters",
+                format!("client_id: {}", forbidden_why(c)),
             ));
         }
         if draft.subject.contains('\0') || draft.text.contains('\0') {
@@ -293,7 +294,7 @@ impl Chats {
                 "subject and text must not contain NUL characters",
             ));
         }
-        let chat = self.chat("chat.Send.InvalidChatID", &draft.chat_id).await?;
+        let chat = self.chat(SEND_IDS, &draft.chat_id).await?;
         chat.check_member("chat.Send.NotAMember", &draft.user_id)?;
 
         let dedupe = !draft.client_id.is_empty();
@@ -362,8 +363,9 @@ impl Chats {
                 return Err(Error::PermissionDenied(
                     "chat.Connect.WrongUser",
                     format!(
-                        "user {:?} may not follow a chat as {user_id:?}; leave user-id out or set it to yourself",
-                        who.user
+                        "user {} may not follow a chat as {}; leave user-id out or set it to yourself",
+                        shown(&who.user),
+                        shown(user_id)
                     ),
                 ))
             }
@@ -381,14 +383,30 @@ impl Chats {
                 "the user-id metadata is required",
             ));
         }
-        let chat = self.chat("chat.Connect.InvalidChatID", chat_id).await?;
+        check_id(
+            "chat.Connect.InvalidUserID",
+            "user-id",
+            user_id,
+            &self.shared.limits,
+        )?;
+        let chat = self.chat(CONNECT_IDS, chat_id).await?;
         chat.check_member("chat.Connect.NotAMember", user_id)?;
         // Subscribe before reading the durable seq: whatever is published
         // after this point is seen by `durable`, so nothing falls in between.
         let durable = chat.durable.subscribe();
         // Another replica may have committed more than this one has heard of.
         chat.advance(self.shared.store.last_seq(&chat.id).await?);
-        let next = since_seq.unwrap_or(*durable.borrow()).saturating_add(1);
+        let last = *durable.borrow();
+        if let Some(since) = since_seq.filter(|&s| s > last) {
+            return Err(Error::OutOfRange(
+                "chat.Connect.SinceSeqAhead",
+                format!(
+                    "since-seq {since} is beyond the chat's last seq, {last}; \
+                     resume from a seq you have received (or leave it out for new messages only)"
+                ),
+            ));
+        }
+        let next = since_seq.unwrap_or(last).saturating_add(1);
         self.shared.metrics.streams_open.fetch_add(1, Relaxed);
         Ok(Subscription {
             chats: self.clone(),
@@ -421,14 +439,14 @@ impl Chats {
     }
 
     /// The in-memory state of a chat, loaded from the store on first use.
-    async fn chat(&self, error_id: &'static str, chat_id: &str) -> Result<Arc<ChatState>> {
+    async fn chat(&self, errors: ChatIdErrors, chat_id: &str) -> Result<Arc<ChatState>> {
+        let id = parse_chat_id(errors, chat_id)?;
         let not_found = || {
             Error::NotFound(
-                error_id,
-                format!("no chat with id {chat_id:?}; create one with New"),
+                errors.not_found,
+                format!("no chat with id {}; create one with New", shown(chat_id)),
             )
         };
-        let id = Uuid::try_parse(chat_id).map_err(|_| not_found())?;
         if let Some(state) = lock(&self.shared.live).chats.get(&id) {
             return Ok(state.clone());
         }
@@ -529,6 +547,85 @@ fn invalid(id: &'static str, detail: impl Into<String>) -> Error {
     Error::Invalid(id, detail.into())
 }
 
+/// Characters no id may hold: C0 and C1 controls (NUL; escapes that move
+/// a terminal's cursor or recolour it) and the bidi overrides, embeddings,
+/// isolates and marks that make an id display in another order than it is
+/// stored (`U+202E`: "ann" that shows as someone else). Ids are shown to
+/// every reader of a chat.
+fn forbidden_in_id(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+fn forbidden_why(c: char) -> String {
+    format!(
+        "an id must not contain control or bidirectional-override characters (found U+{:04X})",
+        c as u32
+    )
+}
+
+/// The error ids of one RPC's chat_id checks.
+#[derive(Clone, Copy)]
+pub(crate) struct ChatIdErrors {
+    not_found: &'static str,
+    too_long: &'static str,
+}
+
+pub(crate) const SEND_IDS: ChatIdErrors = ChatIdErrors {
+    not_found: "chat.Send.InvalidChatID",
+    too_long: "chat.Send.ChatIDTooLong",
+};
+pub(crate) const HISTORY_IDS: ChatIdErrors = ChatIdErrors {
+    not_found: "chat.History.InvalidChatID",
+    too_long: "chat.History.ChatIDTooLong",
+};
+pub(crate) const CONNECT_IDS: ChatIdErrors = ChatIdErrors {
+    not_found: "chat.Connect.InvalidChatID",
+    too_long: "chat.Connect.ChatIDTooLong",
+};
+
+/// The longest chat id looked at (a UUID is 36 characters).
+const MAX_CHAT_ID: usize = 64;
+
+/// A chat id as New hands it out: the hyphenated UUID, in lower case or
+/// upper case (some platforms print UUIDs in capitals). Other spellings
+/// that a UUID parser would take (`{…}`, `urn:uuid:…`, no hyphens) name no
+/// chat, on every backend alike.
+fn parse_chat_id(errors: ChatIdErrors, chat_id: &str) -> Result<Uuid> {
+    if chat_id.len() > MAX_CHAT_ID {
+        return Err(invalid(
+            errors.too_long,
+            format!(
+                "chat_id is {} bytes; a chat id is a UUID of 36 characters",
+                chat_id.len()
+            ),
+        ));
+    }
+    // 36 characters: only the hyphenated form parses.
+    (chat_id.len() == 36)
+        .then(|| Uuid::try_parse(chat_id).ok())
+        .flatten()
+        .ok_or_else(|| {
+            Error::NotFound(
+                errors.not_found,
+                format!("no chat with id {}; create one with New", shown(chat_id)),
+            )
+        })
+}
+
+/// An id as error messages and logs show it: quoted, and no more than its
+/// first 40 characters, so that a huge id is never echoed whole.
+pub(crate) fn shown(id: &str) -> String {
+    const SHOWN: usize = 40;
+    match id.char_indices().nth(SHOWN) {
+        None => format!("{id:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &id[..cut], id.len()),
+    }
+}
+
 fn check_id(error_id: &'static str, field: &str, id: &str, limits: &Limits) -> Result<()> {
     if id.is_empty() {
         return Err(invalid(
@@ -536,11 +633,8 @@ fn check_id(error_id: &'static str, field: &str, id: &str, limits: &Limits) -> R
             format!("{field}: an id must not be empty"),
         ));
     }
-    if id.contains('\0') {
-        return Err(invalid(
-            error_id,
-            format!("{field}: an id must not contain NUL characters"),
-        ));
+    if let Some(c) = id.chars().find(|&c| forbidden_in_id(c)) {
+        return Err(invalid(error_id, format!("{field}: {}", forbidden_why(c))));
     }
     if id.len() > limits.max_id_bytes {
         return Err(Error::TooLarge(
@@ -693,7 +787,16 @@ mod tests {
                 let valid = user_ids.len() <= 4
                     && user_ids
                         .iter()
-                        .all(|u| !u.is_empty() && u.len() <= 8 && !u.contains('\0'));
+                        .all(|u| {
+                            !u.is_empty()
+                                && u.len() <= 8
+                                && u.chars().all(|c| {
+                                    !c.is_control()
+                                        && !('\u{202A}'..='\u{202E}').contains(&c)
+                                        && !('\u{2066}'..='\u{2069}').contains(&c)
+                                        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}')
+                                })
+                        });
                 match rt.block_on(chats.new_chat(user_ids.clone(), None)) {
                     Ok(chat) => {
                         prop_assert!(valid);
