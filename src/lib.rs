@@ -85,6 +85,8 @@ pub enum RunError {
     Health(std::io::Error),
     #[error("invalid --cors-origins: {0}")]
     Cors(String),
+    #[error("{0}")]
+    StoreBroken(String),
     #[error("final flush of the store failed: {0}")]
     Flush(store::StoreError),
     #[error("cannot serve metrics: {0}")]
@@ -362,7 +364,20 @@ impl Server {
             limits,
             metrics: chats.metrics().clone(),
         };
-        acceptor.run(&listener, &connections, shutdown).await;
+        // A store that cannot recover in place ends serving too: better a
+        // restart by the orchestrator than "SERVING but every write fails".
+        let mut broken = chats.broken();
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                _ = broken.wait_for(Option::is_some) => {}
+            }
+        };
+        acceptor.run(&listener, &connections, stop).await;
+        let broken = chats.broken().borrow().clone();
+        if let Some(why) = &broken {
+            tracing::error!("{why}");
+        }
         reloader.abort();
         refresher.abort();
         drop(listener);
@@ -383,12 +398,21 @@ impl Server {
         }
         // Every acknowledged message was flushed before its ack; this answers
         // (or refuses) whatever is still queued, then flushes once more.
-        committer.stop().await;
-        if let Some((listener, follower)) = replicas {
-            listener.stop().await;
-            follower.stop().await;
+        let wind_down = async {
+            committer.stop().await;
+            if let Some((listener, follower)) = replicas {
+                listener.stop().await;
+                follower.stop().await;
+            }
+            let _ = store_watch.await;
+        };
+        if let Some(why) = broken {
+            // A broken store may never answer that last flush: give it a
+            // moment, then go (nothing acknowledged depends on it).
+            let _ = tokio::time::timeout(Duration::from_secs(5), wind_down).await;
+            return Err(RunError::StoreBroken(why));
         }
-        let _ = store_watch.await;
+        wind_down.await;
         store.flush().await.map_err(RunError::Flush)?;
         tracing::info!("stopped; store flushed");
         Ok(())

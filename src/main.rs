@@ -35,6 +35,13 @@ async fn main() -> std::process::ExitCode {
     };
     match chat::run(config, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e @ chat::RunError::StoreBroken(_)) => {
+            tracing::error!("{e}");
+            // Now, without waiting for the runtime to wind down: threads
+            // stuck in a store that no longer writes would keep it forever.
+            // Every acknowledged message is already on disk.
+            std::process::exit(1)
+        }
         Err(e) => {
             tracing::error!("{e}");
             std::process::ExitCode::FAILURE

@@ -123,6 +123,9 @@ struct Shared {
     closing: watch::Sender<bool>,
     /// Whether the store answers (readiness); kept by [`Chats::watch_store`].
     ready: watch::Sender<bool>,
+    /// Set when the store cannot recover without a restart: the server
+    /// then stops and exits non-zero (see [`Chats::broken`]).
+    broken: watch::Sender<Option<String>>,
     metrics: Arc<Metrics>,
     /// What stream batches, pages being sent and windows may hold.
     budget: Budget,
@@ -151,6 +154,7 @@ impl Chats {
             commits,
             closing: watch::Sender::new(false),
             ready: watch::Sender::new(true),
+            broken: watch::Sender::new(None),
             metrics,
             budget,
         });
@@ -427,6 +431,12 @@ impl Chats {
         self.shared.closing.subscribe()
     }
 
+    /// Why the store cannot recover without a restart, once that is known
+    /// (a full disk that sled does not recover from in place).
+    pub fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.shared.broken.subscribe()
+    }
+
     /// Whether the store answers: readiness for `chat.Chat`.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.shared.ready.subscribe()
@@ -509,6 +519,9 @@ impl Chats {
                 }
                 let up = chats.shared.store.ping().await;
                 chats.shared.metrics.store_up.store(up as i64, Relaxed);
+                if let Some(why) = chats.shared.store.broken() {
+                    chats.shared.broken.send_replace(Some(why));
+                }
                 let was = chats.shared.ready.send_replace(up);
                 if was != up {
                     match up {
@@ -785,18 +798,16 @@ mod tests {
         runner
             .run(&proptest::collection::vec(".{0,10}", 0..6), |user_ids| {
                 let valid = user_ids.len() <= 4
-                    && user_ids
-                        .iter()
-                        .all(|u| {
-                            !u.is_empty()
-                                && u.len() <= 8
-                                && u.chars().all(|c| {
-                                    !c.is_control()
-                                        && !('\u{202A}'..='\u{202E}').contains(&c)
-                                        && !('\u{2066}'..='\u{2069}').contains(&c)
-                                        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}')
-                                })
-                        });
+                    && user_ids.iter().all(|u| {
+                        !u.is_empty()
+                            && u.len() <= 8
+                            && u.chars().all(|c| {
+                                !c.is_control()
+                                    && !('\u{202A}'..='\u{202E}').contains(&c)
+                                    && !('\u{2066}'..='\u{2069}').contains(&c)
+                                    && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}')
+                            })
+                    });
                 match rt.block_on(chats.new_chat(user_ids.clone(), None)) {
                     Ok(chat) => {
                         prop_assert!(valid);

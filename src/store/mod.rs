@@ -43,6 +43,10 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Postgres(String),
+    /// A write failed (a full disk, say) and the store has not taken one
+    /// since: refused at once rather than tried again.
+    #[error("the store refuses writes since one failed ({0}); retry later")]
+    Failing(&'static str),
     /// The store is configured wrong (a bad URL, an unreadable certificate):
     /// only at startup.
     #[error("{0}")]
@@ -107,7 +111,7 @@ impl Store {
     /// When the store cannot be written.
     pub async fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
         match self {
-            Store::Sled(s) => s.create_chat(id, record),
+            Store::Sled(s) => s.create_chat(id, record).inspect_err(|_| s.write_failed()),
             Store::Postgres(p) => p.create_chat(id, record).await,
         }
     }
@@ -118,7 +122,7 @@ impl Store {
     /// When the store cannot be written.
     pub fn stage(&self, append: Append) -> Result<Staged> {
         match self {
-            Store::Sled(s) => s.stage(append),
+            Store::Sled(s) => s.stage(append).inspect_err(|_| s.write_failed()),
             Store::Postgres(_) => Ok(Staged::Deferred(append)),
         }
     }
@@ -134,10 +138,13 @@ impl Store {
                     outcomes,
                     failed: None,
                 },
-                Err(e) => Committed {
-                    outcomes: Vec::new(),
-                    failed: Some(e),
-                },
+                Err(e) => {
+                    s.write_failed();
+                    Committed {
+                        outcomes: Vec::new(),
+                        failed: Some(e),
+                    }
+                }
             },
             Store::Postgres(p) => p.commit(batch).await,
         }
@@ -255,9 +262,18 @@ impl Store {
     }
 
     /// Whether the store can serve right now (readiness).
+    /// Why the store cannot recover without a restart, if so (see
+    /// [`sled::SledStore::broken`]); PostgreSQL reconnects by itself.
+    pub fn broken(&self) -> Option<String> {
+        match self {
+            Store::Sled(s) => s.broken(),
+            Store::Postgres(_) => None,
+        }
+    }
+
     pub async fn ping(&self) -> bool {
         match self {
-            Store::Sled(_) => true,
+            Store::Sled(s) => s.ping().await,
             Store::Postgres(p) => p.ping().await,
         }
     }

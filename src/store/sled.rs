@@ -11,6 +11,7 @@
 //! | `M` chat(16) seq(8) | [`MessageValue`] | one chat's messages are one contiguous range, in seq order: History pages and catch-up are range scans, the last seq is one `next_back` |
 //! | `D` chat(16) user_len(2) user client_id | seq(8) | idempotency: (chat, user, client_id) to the stored seq; the length prefix makes (user, client_id) unambiguous |
 //! | `U` members key | chat(16) | New's idempotency: the canonical member set ([`member_set_key`]) to its chat |
+//! | `H` | 66 KiB of zeros, removed at once | the write probe of readiness after a failed write ([`SledStore::ping`]); no other key starts with `H` |
 //!
 //! `chat(16)` is the chat's UUID in its 16 raw bytes. Values are protobuf
 //! encodings (prost) of the value types below, so new fields can be added
@@ -51,6 +52,29 @@ const CHAT: u8 = b'C';
 const MESSAGE: u8 = b'M';
 const DEDUPE: u8 = b'D';
 const MEMBERS: u8 = b'U';
+const PROBE: &[u8] = b"H";
+/// The size of the probe: a full-size message and its keys.
+const PROBE_BYTES: usize = 66 * 1024;
+/// Free space needed before writes are tried again after a failed one.
+const FREE_TO_RESUME: u64 = 16 << 20;
+/// Probes that fail with room on the disk before the store is given up.
+const STUCK_PROBES: u32 = 3;
+
+/// Bytes free for unprivileged writers on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` a buffer of the
+    // right type, which statvfs fills on success.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
 /// Seq states of chats with nothing in flight are forgotten past this many.
 const SWEEP_AT: usize = 4096;
 
@@ -128,6 +152,13 @@ pub struct SledStore {
     seqs: Arc<Mutex<Seqs>>,
     /// Serializes New for member sets, so that one set gets one chat.
     new_lock: Arc<Mutex<()>>,
+    /// A write or flush failed (a full disk, say) and no probe has
+    /// succeeded since: readiness is off until one does.
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    /// The directory, to ask its filesystem for free space.
+    dir: Arc<std::path::PathBuf>,
+    /// Probes in a row that failed although the disk had room.
+    stuck: Arc<std::sync::atomic::AtomicU32>,
 }
 
 struct Seqs {
@@ -162,6 +193,81 @@ impl SledStore {
                 sweep_at: SWEEP_AT,
             })),
             new_lock: Arc::new(Mutex::new(())),
+            failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            dir: Arc::new(dir.to_owned()),
+            stuck: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+        })
+    }
+
+    /// Refuses at once while a failed write has not been followed by a
+    /// successful probe: a store out of space would otherwise be asked (and
+    /// may block a thread) for every retry.
+    fn check_writable(&self) -> Result<()> {
+        match self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Err(StoreError::Failing(
+                "no room on its disk, or another write error",
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// Notes that a write failed: [`SledStore::ping`] probes from now on.
+    pub fn write_failed(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the store takes writes. After a failed write: only once its
+    /// filesystem has [`FREE_TO_RESUME`] bytes free again and a probe — a
+    /// write under [`PROBE`] as large as the largest message, and a flush —
+    /// succeeds. So readiness comes back by itself when the disk has room,
+    /// and not while a few small writes would still squeeze in.
+    pub async fn ping(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.failing.load(Relaxed) {
+            return true;
+        }
+        if self.broken().is_some()
+            || free_bytes(&self.dir).is_some_and(|free| free < FREE_TO_RESUME)
+        {
+            return false;
+        }
+        // On a blocking thread: a store in trouble may block a write for
+        // long (or for good), and must not take a runtime thread with it.
+        // Not answering in time is a failed probe too.
+        let db = self.db.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            db.insert(PROBE, vec![0u8; PROBE_BYTES])?;
+            db.flush()?;
+            db.remove(PROBE)?;
+            db.flush().map(|_| ())
+        });
+        let ok = matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), probe).await,
+            Ok(Ok(Ok(())))
+        );
+        if ok {
+            self.failing.store(false, Relaxed);
+            self.stuck.store(0, Relaxed);
+        } else {
+            self.stuck.fetch_add(1, Relaxed);
+        }
+        ok
+    }
+
+    /// Why the store cannot recover by itself, if it cannot: sled does not
+    /// take writes again after a failed one (a full disk) even once the
+    /// disk has room, until it is reopened. Then the way back is a restart,
+    /// which loses nothing acknowledged (every acknowledged message was
+    /// flushed before its answer).
+    pub fn broken(&self) -> Option<String> {
+        (self.stuck.load(std::sync::atomic::Ordering::Relaxed) >= STUCK_PROBES).then(|| {
+            format!(
+                "the store at {:?} still refuses writes although its disk has room again \
+                 (sled does not recover in place after a failed write); exiting so that \
+                 the service is restarted — nothing acknowledged is lost",
+                self.dir
+            )
         })
     }
 
@@ -187,6 +293,7 @@ impl SledStore {
     /// The chat of `record.members` (a new one if the set has none yet, or
     /// for an open chat). Durable only after the next [`SledStore::commit`].
     pub fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
+        self.check_writable()?;
         if record.members.is_empty() {
             self.insert_chat(&id, record, None)?;
             return Ok(id);
@@ -250,6 +357,7 @@ impl SledStore {
     /// Writes a message under the next seq of its chat (or finds the one
     /// already stored under its idempotency key). Not yet durable.
     pub fn stage(&self, append: Append) -> Result<Staged> {
+        self.check_writable()?;
         let Append {
             message: mut msg,
             dedupe,
