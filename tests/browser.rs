@@ -367,8 +367,11 @@ async fn pages_with_only_a_token_chat_as_its_subject_and_outsiders_and_expired_t
     // ann's expired one (exp past the server's 5 s leeway) is refused (401).
     let eve = cdp.open_page(&url(&user("eve"))).await;
     let expired = cdp.open_page(&url(&token("ann", now() - 60))).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     for (name, page) in [("eve", &eve), ("expired", &expired)] {
+        // A refused handshake is retried after 1 s: wait for the retry
+        // (not a fixed time: a loaded machine is slow).
+        cdp.wait_for(page, "window.__ws && window.__ws.made >= 2")
+            .await;
         cdp.eval(page, &say("let me in")).await;
         let seen = cdp.eval(page, "window.__ws").await;
         assert_eq!(seen["opened"], 0, "{name}'s page never opens: {seen}");
