@@ -126,7 +126,7 @@ impl Acceptor {
                 () = &mut shutdown => return,
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.metrics.connections_refused.fetch_add(1, Relaxed);
+                self.metrics.connections_refused.inc();
                 refusals.log(|n| {
                     tracing::warn!(
                         refused = n,
@@ -185,9 +185,7 @@ impl Connection {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
                 Err(_) => {
-                    self.metrics
-                        .connections_timed_out_handshake
-                        .fetch_add(1, Relaxed);
+                    self.metrics.connections_timed_out_handshake.inc();
                     return tracing::debug!("TLS handshake timed out");
                 }
             };
@@ -227,7 +225,7 @@ impl Connection {
                     Idle::NoRequest => &self.metrics.connections_timed_out_handshake,
                     Idle::NoCall => &self.metrics.connections_timed_out_idle,
                 };
-                counter.fetch_add(1, Relaxed);
+                counter.inc();
                 tracing::debug!(?why, "closing an idle connection");
             }
         }
@@ -261,7 +259,7 @@ struct Open {
 
 impl Open {
     fn new(slot: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Open {
-        metrics.connections_open.fetch_add(1, Relaxed);
+        metrics.connections_open.inc();
         Open {
             _slot: slot,
             metrics,
@@ -271,7 +269,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics.connections_open.fetch_sub(1, Relaxed);
+        self.metrics.connections_open.dec();
     }
 }
 

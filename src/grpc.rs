@@ -309,7 +309,7 @@ pub(crate) async fn identify<'a>(
             "chat.Auth.MissingToken" => &metrics.auth_missing,
             _ => &metrics.auth_invalid,
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter.inc();
     }
     result
 }

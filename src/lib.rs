@@ -458,12 +458,7 @@ async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<metrics::M
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-            }
+            async move { ([("content-type", metrics::CONTENT_TYPE)], metrics.render()) }
         }),
     );
     if let Err(e) = axum::serve(listener, app).await {

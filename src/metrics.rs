@@ -1,13 +1,14 @@
-//! Counters and histograms, rendered as Prometheus text. Lock-free atomics
-//! on the hot paths; no metrics crate needed for this handful.
+//! What the service counts, kept and exposed with `prometheus-client`
+//! (the OpenMetrics text format, which Prometheus scrapes). The names are
+//! an interface: dashboards and alerts use them, so they do not change
+//! (the README lists them; counters get their `_total` from the library).
 
-use std::{
-    fmt::Write as _,
-    sync::{
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-        Mutex,
-    },
-    time::Duration,
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
 
 /// Latency bucket bounds, in seconds.
@@ -15,226 +16,225 @@ const BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The RPC methods, in the order of [`Metrics::rpc_latency`].
+/// The RPC methods.
 pub const METHODS: [&str; 4] = ["New", "Send", "History", "Connect"];
 
-/// A latency histogram.
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
 
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
+fn latency_histogram() -> Histogram {
+    Histogram::new(BOUNDS)
 }
 
 /// Everything the service counts. Shared by the chat logic and the wire layer.
-#[derive(Default)]
 pub struct Metrics {
-    /// Finished RPCs by (method, gRPC code name).
-    rpcs: Mutex<Vec<((&'static str, &'static str), u64)>>,
-    /// Per method, in [`METHODS`] order.
-    rpc_latency: [Histogram; 4],
-    pub streams_open: AtomicI64,
-    pub messages_stored: AtomicU64,
-    pub idempotent_replays: AtomicU64,
+    registry: Registry,
+    /// Finished RPCs by method and gRPC code name.
+    rpcs: Family<Labels2, Counter>,
+    /// RPC latency by method (Connect: the whole stream).
+    rpc_latency: Family<Labels1, Histogram, fn() -> Histogram>,
+    pub streams_open: Gauge,
+    pub messages_stored: Counter,
+    pub idempotent_replays: Counter,
     /// Times a live stream was behind the in-memory window and read the store.
-    pub lagging_reads: AtomicU64,
+    pub lagging_reads: Counter,
+    /// Store commits: a sled flush or a database transaction.
     pub flush_latency: Histogram,
     /// 1 while the store answers (readiness), else 0.
-    pub store_up: AtomicI64,
+    pub store_up: Gauge,
     /// 1 while this replica listens for other replicas' messages, else 0
     /// (always 0 on the embedded store, which has no other replicas).
-    pub bus_connected: AtomicI64,
+    pub bus_connected: Gauge,
     /// Wake-ups received from other replicas.
-    pub bus_wakeups: AtomicU64,
+    pub bus_wakeups: Counter,
     /// Calls refused for want of a credential / for one that did not verify.
-    pub auth_missing: AtomicU64,
-    pub auth_invalid: AtomicU64,
+    pub auth_missing: Counter,
+    pub auth_invalid: Counter,
     /// The memory budget (`--memory-budget-mb`) and how much of it is leased.
-    pub budget_bytes: AtomicI64,
-    pub budget_used: AtomicI64,
+    pub budget_bytes: Gauge,
+    pub budget_used: Gauge,
     /// Reads that had to wait for room in the budget, and those refused
     /// (`chat.Busy`) after waiting `--budget-wait`.
-    pub budget_waits: AtomicU64,
-    pub budget_refusals: AtomicU64,
+    pub budget_waits: Counter,
+    pub budget_refusals: Counter,
     /// Client connections open, refused past --max-connections, and closed
     /// for want of a first request (handshake) or of any call (idle).
-    pub connections_open: AtomicI64,
-    pub connections_refused: AtomicU64,
-    pub connections_timed_out_handshake: AtomicU64,
-    pub connections_timed_out_idle: AtomicU64,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub connections_timed_out_handshake: Counter,
+    pub connections_timed_out_idle: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let rpcs = Family::<Labels2, Counter>::default();
+        registry.register(
+            "chat_rpcs",
+            "Finished RPCs by method and gRPC code",
+            rpcs.clone(),
+        );
+        let rpc_latency = Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "chat_rpc_duration_seconds",
+            "RPC latency (Connect: the whole stream)",
+            rpc_latency.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let streams_open = gauge(
+            &mut registry,
+            "chat_connect_streams_open",
+            "Open Connect streams",
+        );
+        let messages_stored = counter(
+            &mut registry,
+            "chat_messages_stored",
+            "Messages stored (durable)",
+        );
+        let idempotent_replays = counter(
+            &mut registry,
+            "chat_idempotent_replays",
+            "Sends answered with an already stored message",
+        );
+        let lagging_reads = counter(
+            &mut registry,
+            "chat_lagging_reads",
+            "Reads from the store by live streams behind the in-memory window",
+        );
+        let store_up = gauge(
+            &mut registry,
+            "chat_store_up",
+            "1 while the store answers (readiness of chat.Chat)",
+        );
+        let bus_connected = gauge(
+            &mut registry,
+            "chat_bus_connected",
+            "1 while listening for other replicas' messages (PostgreSQL LISTEN)",
+        );
+        let bus_wakeups = counter(
+            &mut registry,
+            "chat_bus_wakeups",
+            "Wake-ups received from other replicas",
+        );
+        let auth_failures = Family::<Labels1, Counter>::default();
+        registry.register(
+            "chat_auth_failures",
+            "Calls refused as unauthenticated, by reason",
+            auth_failures.clone(),
+        );
+        let auth_missing = auth_failures
+            .get_or_create(&[("reason", "missing")])
+            .clone();
+        let auth_invalid = auth_failures
+            .get_or_create(&[("reason", "invalid")])
+            .clone();
+        let connections_open = gauge(
+            &mut registry,
+            "chat_connections_open",
+            "Client connections open (WebSockets included)",
+        );
+        let connections_refused = counter(
+            &mut registry,
+            "chat_connections_refused",
+            "Connections closed at once because --max-connections were open",
+        );
+        let timed_out = Family::<Labels1, Counter>::default();
+        registry.register(
+            "chat_connections_timed_out",
+            "Connections closed by the server: no request within --handshake-timeout, \
+             or no call for --idle-timeout",
+            timed_out.clone(),
+        );
+        let connections_timed_out_handshake =
+            timed_out.get_or_create(&[("reason", "handshake")]).clone();
+        let connections_timed_out_idle = timed_out.get_or_create(&[("reason", "idle")]).clone();
+        let budget_bytes = gauge(
+            &mut registry,
+            "chat_memory_budget_bytes",
+            "The memory budget for what clients make the server hold (--memory-budget-mb)",
+        );
+        let budget_used = gauge(
+            &mut registry,
+            "chat_memory_budget_used_bytes",
+            "Bytes of the budget held: stream batches, History pages being sent, recent windows",
+        );
+        let budget_waits = counter(
+            &mut registry,
+            "chat_memory_budget_waits",
+            "Reads that waited for room in the memory budget",
+        );
+        let budget_refusals = counter(
+            &mut registry,
+            "chat_memory_budget_refusals",
+            "Reads refused with chat.Busy after waiting --budget-wait for room",
+        );
+        let flush_latency = latency_histogram();
+        registry.register(
+            "chat_flush_duration_seconds",
+            "Store commits (one per group: a sled flush or a database transaction)",
+            flush_latency.clone(),
+        );
+        Metrics {
+            registry,
+            rpcs,
+            rpc_latency,
+            streams_open,
+            messages_stored,
+            idempotent_replays,
+            lagging_reads,
+            flush_latency,
+            store_up,
+            bus_connected,
+            bus_wakeups,
+            auth_missing,
+            auth_invalid,
+            budget_bytes,
+            budget_used,
+            budget_waits,
+            budget_refusals,
+            connections_open,
+            connections_refused,
+            connections_timed_out_handshake,
+            connections_timed_out_idle,
+        }
+    }
 }
 
 impl Metrics {
     /// Records one finished RPC.
     pub fn rpc(&self, method: &'static str, code: &'static str, latency: Duration) {
-        if let Some(i) = METHODS.iter().position(|m| *m == method) {
-            self.rpc_latency[i].observe(latency);
-        }
-        let mut rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
-        match rpcs.iter_mut().find(|(k, _)| *k == (method, code)) {
-            Some((_, n)) => *n += 1,
-            None => rpcs.push(((method, code), 1)),
-        }
+        self.rpc_latency
+            .get_or_create(&[("method", method)])
+            .observe(latency.as_secs_f64());
+        self.rpcs
+            .get_or_create(&[("method", method), ("code", code)])
+            .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Records one store commit.
+    pub fn flushed(&self, latency: Duration) {
+        self.flush_latency.observe(latency.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP chat_rpcs_total Finished RPCs by method and gRPC code.\n# TYPE chat_rpcs_total counter\n");
-        for ((method, code), n) in self.rpcs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "chat_rpcs_total{{method=\"{method}\",code=\"{code}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP chat_rpc_duration_seconds RPC latency (Connect: the whole stream).\n# TYPE chat_rpc_duration_seconds histogram\n");
-        for (method, h) in METHODS.iter().zip(&self.rpc_latency) {
-            h.render(
-                &mut out,
-                "chat_rpc_duration_seconds",
-                &format!("method=\"{method}\""),
-            );
-        }
-        let gauges: [(&str, &str, &str, i64); 13] = [
-            (
-                "chat_connect_streams_open",
-                "gauge",
-                "Open Connect streams.",
-                self.streams_open.load(Relaxed),
-            ),
-            (
-                "chat_messages_stored_total",
-                "counter",
-                "Messages stored (durable).",
-                self.messages_stored.load(Relaxed) as i64,
-            ),
-            (
-                "chat_idempotent_replays_total",
-                "counter",
-                "Sends answered with an already stored message.",
-                self.idempotent_replays.load(Relaxed) as i64,
-            ),
-            (
-                "chat_lagging_reads_total",
-                "counter",
-                "Reads from the store by live streams behind the in-memory window.",
-                self.lagging_reads.load(Relaxed) as i64,
-            ),
-            (
-                "chat_store_up",
-                "gauge",
-                "1 while the store answers (readiness of chat.Chat).",
-                self.store_up.load(Relaxed),
-            ),
-            (
-                "chat_bus_connected",
-                "gauge",
-                "1 while listening for other replicas' messages (PostgreSQL LISTEN).",
-                self.bus_connected.load(Relaxed),
-            ),
-            (
-                "chat_bus_wakeups_total",
-                "counter",
-                "Wake-ups received from other replicas.",
-                self.bus_wakeups.load(Relaxed) as i64,
-            ),
-            (
-                "chat_connections_open",
-                "gauge",
-                "Client connections open (WebSockets included).",
-                self.connections_open.load(Relaxed),
-            ),
-            (
-                "chat_connections_refused_total",
-                "counter",
-                "Connections closed at once because --max-connections were open.",
-                self.connections_refused.load(Relaxed) as i64,
-            ),
-            (
-                "chat_memory_budget_bytes",
-                "gauge",
-                "The memory budget for what clients make the server hold (--memory-budget-mb).",
-                self.budget_bytes.load(Relaxed),
-            ),
-            (
-                "chat_memory_budget_used_bytes",
-                "gauge",
-                "Bytes of the budget held: stream batches, History pages being sent, recent windows.",
-                self.budget_used.load(Relaxed),
-            ),
-            (
-                "chat_memory_budget_waits_total",
-                "counter",
-                "Reads that waited for room in the memory budget.",
-                self.budget_waits.load(Relaxed) as i64,
-            ),
-            (
-                "chat_memory_budget_refusals_total",
-                "counter",
-                "Reads refused with chat.Busy after waiting --budget-wait for room.",
-                self.budget_refusals.load(Relaxed) as i64,
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP chat_auth_failures_total Calls refused as unauthenticated, by reason.\n\
-             # TYPE chat_auth_failures_total counter\n\
-             chat_auth_failures_total{{reason=\"missing\"}} {}\n\
-             chat_auth_failures_total{{reason=\"invalid\"}} {}",
-            self.auth_missing.load(Relaxed),
-            self.auth_invalid.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP chat_connections_timed_out_total Connections closed by the server: no request within --handshake-timeout, or no call for --idle-timeout.\n\
-             # TYPE chat_connections_timed_out_total counter\n\
-             chat_connections_timed_out_total{{reason=\"handshake\"}} {}\n\
-             chat_connections_timed_out_total{{reason=\"idle\"}} {}",
-            self.connections_timed_out_handshake.load(Relaxed),
-            self.connections_timed_out_idle.load(Relaxed)
-        );
-        out.push_str("# HELP chat_flush_duration_seconds Store commits (one per group: a sled flush or a database transaction).\n# TYPE chat_flush_duration_seconds histogram\n");
-        self.flush_latency
-            .render(&mut out, "chat_flush_duration_seconds", "");
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

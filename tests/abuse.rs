@@ -318,13 +318,7 @@ async fn websocket_messages_are_bounded_and_vanished_clients_are_closed() {
     assert!(all_messages(&mut c, &chat).await.is_empty());
 
     // A client that stops answering pings is closed after interval + timeout.
-    let open = || {
-        server
-            .chats
-            .metrics()
-            .streams_open
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let open = || server.chats.metrics().streams_open.get();
     let before = open();
     let mut quiet_config = WebSocketConfig::default();
     quiet_config.max_message_size = None;
@@ -345,13 +339,7 @@ async fn a_chat_window_is_freed_when_its_last_stream_goes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client().await;
-    let used = || {
-        server
-            .chats
-            .metrics()
-            .budget_used
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let used = || server.chats.metrics().budget_used.get();
     let mut streams = Vec::new();
     for i in 0..20 {
         let chat = new_chat(&mut c, &[]).await;
@@ -399,11 +387,7 @@ async fn a_reader_that_cannot_get_room_is_refused_with_resource_exhausted() {
     };
     let call = stalled_call(server.addr, "/chat.Chat/History", history).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let held = server
-        .chats
-        .metrics()
-        .budget_used
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let held = server.chats.metrics().budget_used.get();
     assert!(
         held > 700 * 1024,
         "the stalled page holds its lease: {held}"
@@ -454,7 +438,6 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_are_closed_and_quiet_streams_stay() {
-    use std::sync::atomic::Ordering::Relaxed;
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path()).await;
@@ -541,14 +524,13 @@ async fn slow_and_idle_connections_are_closed_and_quiet_streams_stay() {
         .unwrap();
     assert_eq!(got.text, "still there?");
     let m = server.chats.metrics();
-    assert!(m.connections_timed_out_handshake.load(Relaxed) >= 2);
-    assert!(m.connections_timed_out_idle.load(Relaxed) >= 1);
+    assert!(m.connections_timed_out_handshake.get() >= 2);
+    assert!(m.connections_timed_out_idle.get() >= 1);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_new_ones_are_closed_at_once_and_served_after_others_leave() {
-    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path()).await;
     config.max_connections = 10;
@@ -557,14 +539,14 @@ async fn past_max_connections_new_ones_are_closed_at_once_and_served_after_other
     for _ in 0..10 {
         held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
-    let open = || server.chats.metrics().connections_open.load(Relaxed);
+    let open = || server.chats.metrics().connections_open.get();
     wait_until(|| open() == 10).await;
     let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     assert!(
         closed_within(&mut extra, Duration::from_secs(2)).await,
         "the 11th connection is closed at once"
     );
-    assert!(server.chats.metrics().connections_refused.load(Relaxed) >= 1);
+    assert!(server.chats.metrics().connections_refused.get() >= 1);
     held.truncate(5);
     wait_until(|| open() == 5).await;
     let mut c = server.client().await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::time::Duration;
 
 use chat::pb;
 use common::*;
@@ -260,7 +260,7 @@ async fn refused_streams_get_a_clear_error_before_anything_is_sent() {
             .expect("refused");
         assert_error(&err, code, id);
     }
-    assert_eq!(server.chats.metrics().streams_open.load(Relaxed), 0);
+    assert_eq!(server.chats.metrics().streams_open.get(), 0);
     server.stop().await;
 }
 
@@ -387,11 +387,11 @@ async fn a_reader_that_never_reads_slows_no_one_and_later_catches_up_without_a_g
     for w in writers {
         w.await.unwrap();
     }
-    let lagging_before = server.chats.metrics().lagging_reads.load(Relaxed);
+    let lagging_before = server.chats.metrics().lagging_reads.get();
     let caught_up = slow.next_n(TOTAL).await;
     assert_eq!(seqs(&caught_up), (1..=TOTAL as u64).collect::<Vec<_>>());
     assert!(
-        server.chats.metrics().lagging_reads.load(Relaxed) > lagging_before,
+        server.chats.metrics().lagging_reads.get() > lagging_before,
         "the slow stream fell behind the in-memory window and read the store"
     );
     server.stop().await;
@@ -403,7 +403,7 @@ async fn a_client_that_goes_away_frees_its_stream() {
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client().await;
     let chat = new_chat(&mut c, &[]).await;
-    let open_streams = || server.chats.metrics().streams_open.load(Relaxed);
+    let open_streams = || server.chats.metrics().streams_open.get();
     let mut streams = Vec::new();
     for _ in 0..10 {
         streams.push(

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use chat::pb;
 use common::*;
 use tonic::{codegen::http::uri::PathAndQuery, Code, Request};
@@ -189,13 +187,13 @@ async fn a_thousand_streams_opened_and_abandoned_are_all_freed() {
         let (tx, req) = connect_request(&chat, "ghost", Some("0"));
         abandoned.push((tx, client.connect(req).await.unwrap()));
     }
-    assert_eq!(server.chats.metrics().streams_open.load(Relaxed), 1000);
+    assert_eq!(server.chats.metrics().streams_open.get(), 1000);
     for i in 0..50 {
         send(&mut c, &chat, "ann", &i.to_string(), "nobody reads this").await;
     }
     drop(abandoned);
     drop(channels);
-    wait_until(|| server.chats.metrics().streams_open.load(Relaxed) == 0).await;
+    wait_until(|| server.chats.metrics().streams_open.get() == 0).await;
     assert_eq!(
         send(&mut c, &chat, "ann", "last", "still serving")
             .await

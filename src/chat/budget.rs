@@ -12,10 +12,7 @@
 //! dropped instead of waiting. Memory held for clients never grows past the
 //! budget, whatever they do.
 
-use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 
@@ -55,7 +52,7 @@ impl Inner {
     /// Keeps the `chat_memory_budget_used_bytes` gauge current.
     fn count(&self) {
         let used = self.total - self.room.available_permits();
-        self.metrics.budget_used.store(used as i64, Relaxed);
+        self.metrics.budget_used.set(used as i64);
     }
 }
 
@@ -71,7 +68,7 @@ impl Budget {
     pub fn new(total: usize, wait: Duration, metrics: Arc<Metrics>) -> Budget {
         // One acquire takes at most u32::MAX permits.
         let total = total.clamp(1, u32::MAX as usize);
-        metrics.budget_bytes.store(total as i64, Relaxed);
+        metrics.budget_bytes.set(total as i64);
         Budget {
             inner: Arc::new(Inner {
                 room: Semaphore::new(total),
@@ -117,7 +114,7 @@ impl Budget {
         if (!stream || has_share) && now(&inner.room) {
             return Ok(self.leased(bytes, stream));
         }
-        inner.metrics.budget_waits.fetch_add(1, Relaxed);
+        inner.metrics.budget_waits.inc();
         self.wait(bytes, stream, has_share).await
     }
 
@@ -146,7 +143,7 @@ impl Budget {
         if has_share {
             inner.streams.add_permits(bytes);
         }
-        inner.metrics.budget_refusals.fetch_add(1, Relaxed);
+        inner.metrics.budget_refusals.inc();
         Err(Error::Busy(format!(
             "the server's memory budget for responses ({} MiB) stayed spent for {:?}; retry later",
             inner.total >> 20,
@@ -227,7 +224,7 @@ mod tests {
         assert!(budget.try_lease(500).is_none());
         let err = budget.lease(500).await.err().unwrap();
         assert_eq!(err.id(), "chat.Busy");
-        assert_eq!(metrics.budget_refusals.load(Relaxed), 1);
+        assert_eq!(metrics.budget_refusals.get(), 1);
         a.shrink_to(100);
         assert_eq!(budget.in_use(), 100);
         let b = budget.lease(900).await.unwrap();

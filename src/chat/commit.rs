@@ -1,10 +1,7 @@
 //! Group commit: senders queue what they staged; one task hands everything
 //! queued to the store at once, then publishes and answers in queue order.
 
-use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -127,7 +124,7 @@ pub(super) async fn commit_loop(
         }
         let started = Instant::now();
         let Committed { outcomes, failed } = store.commit(staged).await;
-        metrics.flush_latency.observe(started.elapsed());
+        metrics.flushed(started.elapsed());
         let failed = failed.map(|e| e.to_string());
         if let Some(e) = &failed {
             tracing::error!(
@@ -146,7 +143,7 @@ pub(super) async fn commit_loop(
                     let seq = msg.seq;
                     state.publish(msg.clone(), &budget);
                     state.advance(seq);
-                    metrics.messages_stored.fetch_add(1, Relaxed);
+                    metrics.messages_stored.inc();
                     Ok(Answer::Stored(msg))
                 }
                 (true, Some((Outcome::Existing { stored, same }, _))) => {

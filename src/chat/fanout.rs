@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -222,7 +222,7 @@ async fn follow_loop(
         for wake in received.drain(..) {
             match wake {
                 Wake::Chat(chat, seq) => {
-                    chats.shared.metrics.bus_wakeups.fetch_add(1, Relaxed);
+                    chats.shared.metrics.bus_wakeups.inc();
                     let w = wanted.entry(chat).or_default();
                     *w = (*w).max(seq);
                 }
@@ -414,7 +414,7 @@ impl Subscription {
                     })
                 }
                 Some(_) => {
-                    shared.metrics.lagging_reads.fetch_add(1, Relaxed);
+                    shared.metrics.lagging_reads.inc();
                     None
                 }
                 None => None,
@@ -445,7 +445,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.chats.shared.metrics.streams_open.fetch_sub(1, Relaxed);
+        self.chats.shared.metrics.streams_open.dec();
         // The last stream of the chat: nobody needs its window any more.
         // (A stream opening meanwhile finds it empty and reads the store.)
         if self.chat.durable.receiver_count() <= 1 {

@@ -24,7 +24,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -333,7 +333,7 @@ impl Chats {
                         ),
                     ));
                 }
-                self.shared.metrics.idempotent_replays.fetch_add(1, Relaxed);
+                self.shared.metrics.idempotent_replays.inc();
                 Ok(Arc::new(stored))
             }
             Answer::Durable => Err(Error::Unavailable(
@@ -411,7 +411,7 @@ impl Chats {
             ));
         }
         let next = since_seq.unwrap_or(last).saturating_add(1);
-        self.shared.metrics.streams_open.fetch_add(1, Relaxed);
+        self.shared.metrics.streams_open.inc();
         Ok(Subscription {
             chats: self.clone(),
             chat,
@@ -518,7 +518,7 @@ impl Chats {
                     }
                 }
                 let up = chats.shared.store.ping().await;
-                chats.shared.metrics.store_up.store(up as i64, Relaxed);
+                chats.shared.metrics.store_up.set(up as i64);
                 if let Some(why) = chats.shared.store.broken() {
                     chats.shared.broken.send_replace(Some(why));
                 }

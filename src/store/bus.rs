@@ -13,10 +13,7 @@
 //!   [`Wake::Resync`], and the chat logic also resyncs on a slow timer, so a
 //!   lost notification delays a message and never loses it.
 
-use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -119,7 +116,7 @@ async fn listen(
                 Ok::<_, tokio_postgres::Error>(())
             });
             client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-            metrics.bus_connected.store(1, Relaxed);
+            metrics.bus_connected.set(1);
             tracing::info!("listening for other replicas' messages");
             // Whatever was committed while not listening.
             let _ = wakes.send(Wake::Resync);
@@ -137,7 +134,8 @@ async fn listen(
             ended = session => ended,
             _ = &mut stop => return,
         };
-        if metrics.bus_connected.swap(0, Relaxed) == 1 {
+        // `set` returns the value before.
+        if metrics.bus_connected.set(0) == 1 {
             backoff = Duration::from_millis(100);
         }
         match ended {
