@@ -173,5 +173,100 @@ pub async fn scenario10(
     r.extra.insert("rss_after_kib", after as f64);
     report.add(r);
     server.stop().await;
+    connections(report, bin, quick, pin).await
+}
+
+/// Idle connections past `--max-connections`: refused at once, the held
+/// ones closed after `--handshake-timeout`, descriptors back to where they
+/// were, and a polite client served throughout.
+async fn connections(
+    report: &mut Report,
+    bin: &Path,
+    quick: bool,
+    pin: bool,
+) -> Result<(), BoxError> {
+    let (max, flood) = (1000usize, 1500usize);
+    let secs = if quick { 0.5 } else { 3.0 };
+    chat::conn::raise_fd_limit();
+    let dir = TempDir::new()?;
+    let data = dir.path().to_str().ok_or("a data dir that is not UTF-8")?;
+    let server = ServerProc::start_args(
+        bin,
+        &[
+            "--data-dir",
+            data,
+            "--max-connections",
+            &max.to_string(),
+            "--handshake-timeout",
+            "2",
+        ],
+        pin,
+    )
+    .await?;
+    let mut c = pb::chat_client::ChatClient::new(server.channels(1).await?.remove(0));
+    let chat = new_chat(&mut c).await?;
+    let alone = send_latency(&c, &chat, secs).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_idle = server.fds();
+    let mut held = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        held.push(tokio::net::TcpStream::connect(server.addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Closed by the server: end of stream or a reset; open: nothing to read yet.
+    let closed = |held: &Vec<tokio::net::TcpStream>| {
+        let mut buf = [0u8; 1];
+        held.iter()
+            .filter(|s| match s.try_read(&mut buf) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            })
+            .count()
+    };
+    let refused = closed(&held);
+    let fds_peak = server.fds();
+    let during = send_latency(&c, &chat, secs).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let closed_later = closed(&held);
+    let fds_after = server.fds();
+    drop(held);
+    let mut r = row(
+        10,
+        format!("{flood} idle connections, --max-connections {max}"),
+        "closed at once",
+        refused as f64,
+        "conns",
+    );
+    // One slot is the polite client's.
+    let expected = flood - (max - 1);
+    r.target = Some((format!("= {expected}"), refused == expected));
+    r.extra.insert("server_fds_idle", fds_idle as f64);
+    r.extra.insert("server_fds_peak", fds_peak as f64);
+    report.add(r);
+    let mut r = row(
+        10,
+        "...after --handshake-timeout 2 s",
+        "server descriptors",
+        fds_after as f64,
+        "fds",
+    );
+    r.target = Some((
+        format!("back to {fds_idle} (all {flood} closed)"),
+        fds_after <= fds_idle + 2 && closed_later == flood,
+    ));
+    r.extra.insert("closed_by_then", closed_later as f64);
+    report.add(r);
+    let mut r = row(
+        10,
+        "a polite client's Send meanwhile, c=1",
+        "p99 latency",
+        during.p99_us,
+        "us",
+    );
+    r.ceiling = Some(alone.p99_us.max(1.0));
+    r.extra.insert("errors", during.errors as f64);
+    r.target = Some(("no errors".into(), during.errors == 0 && during.ops > 0));
+    report.add(r);
+    server.stop().await;
     Ok(())
 }
