@@ -129,10 +129,16 @@ struct Browser {
     cdp: Cdp,
     process: tokio::process::Child,
     _profile: tempfile::TempDir,
+    /// One Chromium at a time: several starting at once on a loaded
+    /// two-core machine took longer than any sensible timeout.
+    _turn: tokio::sync::SemaphorePermit<'static>,
 }
+
+static ONE_BROWSER: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 impl Browser {
     async fn start() -> Browser {
+        let turn = ONE_BROWSER.acquire().await.unwrap();
         let profile = tempfile::tempdir().unwrap();
         let mut process = tokio::process::Command::new("chromium")
             .args([
@@ -154,9 +160,9 @@ impl Browser {
             .expect("chromium must be installed (.ci/run installs Debian's chromium)");
         let mut lines = tokio::io::BufReader::new(process.stderr.take().unwrap()).lines();
         let endpoint = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
                 .await
-                .expect("chromium starts within 30 s")
+                .expect("chromium starts within 60 s")
                 .unwrap()
                 .expect("chromium exited before listening");
             if let Some(at) = line.find("ws://") {
@@ -169,6 +175,7 @@ impl Browser {
             cdp: Cdp { ws, next_id: 0 },
             process,
             _profile: profile,
+            _turn: turn,
         }
     }
 
