@@ -51,14 +51,6 @@ async fn jwt_server(dir: &std::path::Path, tweak: impl FnOnce(&mut chat::Config)
     TestServer::start_with(config).await
 }
 
-/// `req` with `authorization: Bearer <token>`.
-fn bearer<T>(token: &str, req: T) -> Request<T> {
-    let mut req = Request::new(req);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_outsiders_and_impostors_on_every_grpc_call() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message as Ws;
-use tonic::Request;
 
 /// A DevTools protocol connection to the browser.
 struct Cdp {
@@ -236,14 +235,6 @@ async fn jwt_server(dir: &std::path::Path) -> TestServer {
     // The pages are opened from disk: their origin is `null`.
     config.cors_origins = vec!["null".into()];
     TestServer::start_with(config).await
-}
-
-/// `req` with `authorization: Bearer <token>`.
-fn bearer<T>(token: &str, req: T) -> Request<T> {
-    let mut req = Request::new(req);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
 }
 
 /// A new chat of `users`, created by the first of them.

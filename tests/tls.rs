@@ -30,14 +30,6 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
 use tonic::{Code, Request};
 
-/// `req` with `authorization: Bearer <token>`.
-fn bearer<T>(token: &str, req: T) -> Request<T> {
-    let mut req = Request::new(req);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
-
 fn new_req(users: &[&str]) -> pb::NewRequest {
     pb::NewRequest {
         user_ids: users.iter().map(|u| u.to_string()).collect(),

@@ -168,6 +168,14 @@ pub fn connect_request(
     (tx, req)
 }
 
+/// `req` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, req: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(req);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
 pub async fn new_chat(client: &mut Client, users: &[&str]) -> String {
     client
         .new_chat(pb::NewRequest {
