@@ -139,6 +139,18 @@ pub struct Config {
     #[arg(long, env = "CHAT_BUDGET_WAIT", default_value_t = 10)]
     pub budget_wait: u64,
 
+    /// Sends (Send calls and messages on Connect streams) a second per
+    /// caller (its verified identity, else its address), with bursts of
+    /// twice as many; past it, RESOURCE_EXHAUSTED chat.RateLimited (HTTP 429
+    /// with Retry-After). Per replica. 0: no limit.
+    #[arg(long, env = "CHAT_RATE_LIMIT_SEND", default_value_t = 0.0)]
+    pub rate_limit_send: f64,
+
+    /// New chats a minute per caller, with bursts of twice as many; as
+    /// --rate-limit-send. 0: no limit.
+    #[arg(long, env = "CHAT_RATE_LIMIT_NEW", default_value_t = 0.0)]
+    pub rate_limit_new: f64,
+
     /// Seconds between HTTP/2 keepalive pings, so half-open clients are noticed (0: off).
     #[arg(long, env = "CHAT_KEEPALIVE_INTERVAL", default_value_t = 30)]
     pub keepalive_interval: u64,
@@ -444,6 +456,8 @@ impl Config {
             history_page_bytes: self.history_page_bytes.max(1),
             memory_budget: self.memory_budget_mb.max(1) << 20,
             budget_wait: Duration::from_secs(self.budget_wait),
+            rate_limit_send: self.rate_limit_send.max(0.0),
+            rate_limit_new: self.rate_limit_new.max(0.0),
         }
     }
 

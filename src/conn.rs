@@ -109,11 +109,11 @@ impl Acceptor {
         let mut backoff = Duration::from_millis(10);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let tcp = tokio::select! {
+            let (tcp, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => {
+                    Ok((tcp, addr)) => {
                         backoff = Duration::from_millis(10);
-                        tcp
+                        (tcp, addr)
                     }
                     Err(e) => {
                         // Out of descriptors, say: back off, keep serving the others.
@@ -146,6 +146,7 @@ impl Acceptor {
                 limits: self.limits.clone(),
                 metrics: self.metrics.clone(),
                 watcher: connections.watcher(),
+                addr: PeerAddr(addr.ip()),
             };
             let tls = self.tls.as_ref().map(|t| t.acceptor());
             tokio::spawn(conn.run(tcp, tls, slot));
@@ -160,7 +161,13 @@ struct Connection {
     limits: Limits,
     metrics: Arc<Metrics>,
     watcher: hyper_util::server::graceful::Watcher,
+    addr: PeerAddr,
 }
+
+/// The client's address, on every request of its connection (rate limits
+/// count callers without an identity by it).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::IpAddr);
 
 impl Connection {
     async fn run(
@@ -211,6 +218,7 @@ impl Connection {
             inner: self.app,
             activity: activity.clone(),
             peer,
+            addr: self.addr,
         };
         let conn = self
             .builder
@@ -396,13 +404,14 @@ impl Activity {
 }
 
 /// The service of one connection: counts its calls (each lasts until its
-/// response body is done or dropped) and tags requests with the client
-/// certificate's identity.
+/// response body is done or dropped) and tags requests with the client's
+/// address and its certificate's identity.
 #[derive(Clone)]
 struct Tracked {
     inner: axum::Router,
     activity: Arc<Activity>,
     peer: Option<tls::PeerIdentity>,
+    addr: PeerAddr,
 }
 
 impl<B> tower::Service<Request<B>> for Tracked
@@ -424,6 +433,7 @@ where
         if let Some(peer) = &self.peer {
             req.extensions_mut().insert(peer.clone());
         }
+        req.extensions_mut().insert(self.addr);
         self.activity.begin();
         let call = Call(self.activity.clone());
         let response = tower::Service::call(&mut self.inner, req);

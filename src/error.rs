@@ -37,6 +37,10 @@ pub enum Error {
     /// were sent): retry later.
     #[error("chat.Busy: {0}")]
     Busy(String),
+    /// The caller is over its rate limit (`--rate-limit-send`,
+    /// `--rate-limit-new`): retry after the given wait.
+    #[error("chat.RateLimited: {0}")]
+    RateLimited(String, std::time::Duration),
     /// The service is shutting down: retry elsewhere or later (same client_id).
     #[error("chat.Unavailable: {0}")]
     Unavailable(String),
@@ -47,6 +51,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long the caller should wait before retrying, when the server knows.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited(_, wait) => Some(*wait),
+            _ => None,
+        }
+    }
+
     /// What to fix, without the id.
     pub fn detail(&self) -> String {
         match self {
@@ -59,6 +71,7 @@ impl Error {
             | Error::OutOfRange(_, d)
             | Error::RequestTooLarge(d)
             | Error::Busy(d)
+            | Error::RateLimited(d, _)
             | Error::Unavailable(d) => d.clone(),
             Error::Store(e) => e.to_string(),
         }
@@ -76,6 +89,7 @@ impl Error {
             | Error::OutOfRange(id, _) => id,
             Error::RequestTooLarge(_) => "chat.RequestTooLarge",
             Error::Busy(_) => "chat.Busy",
+            Error::RateLimited(..) => "chat.RateLimited",
             Error::Unavailable(_) => "chat.Unavailable",
             Error::Store(_) => "chat.Store",
         }
@@ -108,6 +122,8 @@ impl Error {
             Error::AlreadyExists(..) => (Code::AlreadyExists, 409, 1008),
             // 1013 "try again later".
             Error::Busy(_) => (Code::ResourceExhausted, 503, 1013),
+            // 1013 "try again later".
+            Error::RateLimited(..) => (Code::ResourceExhausted, 429, 1013),
             // 1012 "service restart": reconnect with since_seq.
             Error::Unavailable(_) => (Code::Unavailable, 503, 1012),
             // 1013 "try again later".

@@ -15,7 +15,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{Auth, Identity},
-    chat::{Chats, Draft, Subscription},
+    chat::{
+        rate::{Action, Who},
+        Chats, Draft, Subscription,
+    },
+    conn::PeerAddr,
     error::Error,
     http::HeldLease,
     metrics::Metrics,
@@ -86,6 +90,8 @@ impl pb::chat_server::Chat for ChatService {
     ) -> Result<Response<pb::NewResponse>, Status> {
         self.observe("New", "", async {
             let caller = self.caller(&request).await?;
+            self.chats
+                .admit(Action::New, &rate_key(&request, caller.as_ref()))?;
             let chat = self
                 .chats
                 .new_chat(request.into_inner().user_ids, caller.as_ref())
@@ -137,6 +143,7 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let caller = self.caller(&request).await;
+        let addr = peer_addr(&request);
         let req = request.into_inner();
         // Tests only (never in a normal build): a request that panics, to
         // prove one failing request cannot take down the server.
@@ -146,7 +153,10 @@ impl pb::chat_server::Chat for ChatService {
         }
         let chat_id = req.chat_id.clone();
         self.observe("Send", &chat_id, async {
-            let msg = self.chats.send(req.into(), caller?.as_ref()).await?;
+            let caller = caller?;
+            self.chats
+                .admit(Action::Send, &Who::of(caller.as_ref(), addr))?;
+            let msg = self.chats.send(req.into(), caller.as_ref()).await?;
             Ok(pb::SendResponse {
                 message: Some(to_wire(&msg)),
             })
@@ -166,8 +176,8 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<Streaming<pb::Message>>,
     ) -> Result<Response<ConnectStream>, Status> {
         let chat_id = metadata(request.metadata(), "chat-id").unwrap_or_default();
-        let mut sub = match self.subscribe(&request).await {
-            Ok(sub) => sub,
+        let (mut sub, who) = match self.subscribe(&request).await {
+            Ok(opened) => opened,
             Err(e) => {
                 let status = Status::from(e);
                 let code = status.code();
@@ -191,6 +201,7 @@ impl pb::chat_server::Chat for ChatService {
             code: Code::Cancelled,
         };
         let wire_chat_id = sub.chat_id().to_string();
+        let chats = self.chats.clone();
         let out = async_stream::stream! {
             // After the client half-closes: the durable seq to deliver up to before ending.
             let mut end_at: Option<u64> = None;
@@ -204,7 +215,13 @@ impl pb::chat_server::Chat for ChatService {
                     batch = sub.next_batch() => Event::Batch(batch),
                 };
                 let failed = match event {
-                    Event::Inbound(Ok(Some(msg))) => sub.send(draft(msg)).await.err().map(Status::from),
+                    Event::Inbound(Ok(Some(msg))) => {
+                        let sent = match chats.admit(Action::Send, &who) {
+                            Ok(()) => sub.send(draft(msg)).await,
+                            Err(e) => Err(e),
+                        };
+                        sent.err().map(Status::from)
+                    }
                     Event::Inbound(Ok(None)) => {
                         end_at = Some(sub.durable());
                         None
@@ -230,9 +247,11 @@ impl pb::chat_server::Chat for ChatService {
 }
 
 impl ChatService {
-    /// Opens the subscription a Connect call asks for in its metadata.
-    async fn subscribe<T>(&self, request: &Request<T>) -> Result<Subscription, Error> {
+    /// Opens the subscription a Connect call asks for in its metadata;
+    /// with whom the messages the client sends on it count against.
+    async fn subscribe<T>(&self, request: &Request<T>) -> Result<(Subscription, Who), Error> {
         let caller = self.caller(request).await?;
+        let who = rate_key(request, caller.as_ref());
         let md = request.metadata();
         let since_seq = match metadata(md, "since-seq")? {
             s if s.is_empty() => None,
@@ -251,7 +270,18 @@ impl ChatService {
                 caller.as_ref(),
             )
             .await
+            .map(|sub| (sub, who))
     }
+}
+
+/// The client's address (see [`PeerAddr`]).
+fn peer_addr<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request.extensions().get::<PeerAddr>().map(|a| a.0)
+}
+
+/// Whom a call counts against for rate limits.
+fn rate_key<T>(request: &Request<T>, caller: Option<&Identity>) -> Who {
+    Who::of(caller, peer_addr(request))
 }
 
 /// Counts and logs a Connect stream when it ends, however it ends: if the
@@ -544,10 +574,10 @@ impl From<Error> for Status {
         if let Error::Store(cause) = &e {
             tracing::error!(error = %cause, "request failed in the store");
         }
-        Status::with_error_details(
-            code,
-            e.to_string(),
-            ErrorDetails::with_error_info(e.id(), "chat", HashMap::new()),
-        )
+        let mut details = ErrorDetails::with_error_info(e.id(), "chat", HashMap::new());
+        if let Some(wait) = e.retry_after() {
+            details.set_retry_info(Some(wait));
+        }
+        Status::with_error_details(code, e.to_string(), details)
     }
 }

@@ -5,6 +5,7 @@
 //! conversion, and the one mapping of [`Error`] to an HTTP error body.
 
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -28,7 +29,12 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     auth::{Auth, Identity},
-    chat::{budget::Lease, Chats, Subscription},
+    chat::{
+        budget::Lease,
+        rate::{Action, Who},
+        Chats, Subscription,
+    },
+    conn::PeerAddr,
     error::Error,
     grpc, pb,
     tls::PeerIdentity,
@@ -137,6 +143,7 @@ pub async fn fallback(headers: HeaderMap) -> Response {
 async fn new(
     State(http): State<Http>,
     peer: Option<Extension<PeerIdentity>>,
+    addr: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -144,9 +151,11 @@ async fn new(
         &http,
         "New",
         peer.map(|Extension(p)| p),
+        addr.map(|Extension(a)| a.0),
         headers,
         body,
-        |http, req: pb::NewRequest, caller| async move {
+        |http, req: pb::NewRequest, caller, who| async move {
+            http.chats.admit(Action::New, &who)?;
             let chat = http.chats.new_chat(req.user_ids, caller.as_ref()).await?;
             let resp = pb::NewResponse {
                 chat_id: chat.to_string(),
@@ -160,6 +169,7 @@ async fn new(
 async fn history(
     State(http): State<Http>,
     peer: Option<Extension<PeerIdentity>>,
+    addr: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -167,9 +177,10 @@ async fn history(
         &http,
         "History",
         peer.map(|Extension(p)| p),
+        addr.map(|Extension(a)| a.0),
         headers,
         body,
-        |http, req: pb::HistoryRequest, caller| async move {
+        |http, req: pb::HistoryRequest, caller, _| async move {
             let mut page = http
                 .chats
                 .history(
@@ -198,6 +209,7 @@ async fn history(
 async fn send(
     State(http): State<Http>,
     peer: Option<Extension<PeerIdentity>>,
+    addr: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -205,9 +217,11 @@ async fn send(
         &http,
         "Send",
         peer.map(|Extension(p)| p),
+        addr.map(|Extension(a)| a.0),
         headers,
         body,
-        |http, req: pb::SendRequest, caller| async move {
+        |http, req: pb::SendRequest, caller, who| async move {
+            http.chats.admit(Action::Send, &who)?;
             let msg = http.chats.send(req.into(), caller.as_ref()).await?;
             let resp = pb::SendResponse {
                 message: Some(grpc::to_wire(&msg)),
@@ -224,6 +238,7 @@ async fn handle<Req, Resp, F, Fut>(
     http: &Http,
     method: &'static str,
     peer: Option<PeerIdentity>,
+    addr: Option<IpAddr>,
     headers: HeaderMap,
     body: Body,
     call: F,
@@ -231,7 +246,7 @@ async fn handle<Req, Resp, F, Fut>(
 where
     Req: DeserializeOwned,
     Resp: serde::Serialize,
-    F: FnOnce(Http, Req, Option<Identity>) -> Fut,
+    F: FnOnce(Http, Req, Option<Identity>, Who) -> Fut,
     Fut: std::future::Future<Output = Result<(Resp, Option<Lease>), Error>>,
 {
     let started = Instant::now();
@@ -275,7 +290,8 @@ where
                 format!("the body is not a valid {method} request: {e}"),
             )
         })?;
-        call(http.clone(), req, caller).await
+        let who = Who::of(caller.as_ref(), addr);
+        call(http.clone(), req, caller, who).await
     }
     .await;
     let code = result.as_ref().err().map_or(tonic::Code::Ok, grpc::code_of);
@@ -325,6 +341,7 @@ struct ConnectQuery {
 async fn connect(
     State(http): State<Http>,
     peer: Option<Extension<PeerIdentity>>,
+    addr: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     query: Result<Query<ConnectQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -366,12 +383,14 @@ async fn connect(
     let subscribed = async {
         let peer = peer.as_ref().map(|Extension(p)| p);
         let caller = http.caller(&headers, token, peer).await?;
+        let who = Who::of(caller.as_ref(), addr.map(|Extension(a)| a.0));
         http.chats
             .subscribe(&q.chat_id, &q.user_id, since, caller.as_ref())
             .await
+            .map(|sub| (sub, who))
     };
-    let sub = match subscribed.await {
-        Ok(sub) => sub,
+    let (sub, who) = match subscribed.await {
+        Ok(opened) => opened,
         Err(e) => return error_response(&e),
     };
     let Ok(ws) = ws else {
@@ -383,6 +402,7 @@ async fn connect(
     };
     let metrics = http.chats.metrics().clone();
     let keepalive = http.keepalive;
+    let chats = http.chats.clone();
     // Browsers fail the handshake unless one offered protocol is chosen.
     // No message or frame longer than the longest valid one (tungstenite's
     // default would let a client make the server buffer 64 MiB), and at
@@ -394,7 +414,7 @@ async fn connect(
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let started = Instant::now();
-            let code = pump(socket, sub, keepalive).await;
+            let code = pump(socket, sub, (chats, who), keepalive).await;
             grpc::finished(
                 &metrics,
                 "Connect",
@@ -410,13 +430,15 @@ async fn connect(
 const WS_WRITE_BUFFER: usize = 128 * 1024;
 
 /// Runs one WebSocket until either side ends it; returns how it ended.
-/// With `keepalive` (interval, timeout), the client is pinged every
+/// Each message the client sends counts against `limit`'s rate limit for
+/// its caller. With `keepalive` (interval, timeout), the client is pinged every
 /// interval and the socket closed when nothing (a pong, a message) has come
 /// for interval + timeout, or when one write has not gone out in that time:
 /// a vanished client does not hold a socket and a stream open.
 async fn pump(
     mut socket: WebSocket,
     mut sub: Subscription,
+    (chats, who): (Chats, Who),
     keepalive: Option<(Duration, Duration)>,
 ) -> tonic::Code {
     let chat_id = sub.chat_id().to_string();
@@ -434,7 +456,10 @@ async fn pump(
                 match incoming {
                     Some(Ok(WsMessage::Text(text))) => {
                         let sent = match serde_json::from_str::<pb::Message>(&text) {
-                            Ok(msg) => sub.send(grpc::draft(msg)).await.map(|_| ()),
+                            Ok(msg) => match chats.admit(Action::Send, &who) {
+                                Ok(()) => sub.send(grpc::draft(msg)).await.map(|_| ()),
+                                Err(e) => Err(e),
+                            },
                             Err(e) => Err(Error::Invalid("chat.InvalidJSON", format!("a frame is not a valid Message: {e}"))),
                         };
                         if let Err(e) = sent {
@@ -623,6 +648,13 @@ pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
 fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.wire().http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = error_body(status, e.id(), &e.detail());
+    if let Some(wait) = e.retry_after() {
+        // Whole seconds, rounded up: never invite a retry that is too early.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+    }
     if let Error::Unauthenticated(id, _) = e {
         let challenge = match *id {
             "chat.Auth.MissingToken" => "Bearer",

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub connections_timed_out_handshake: Counter,
     pub connections_timed_out_idle: Counter,
+    /// Calls refused by `--rate-limit-send` / `--rate-limit-new`.
+    pub rate_limited_send: Counter,
+    pub rate_limited_new: Counter,
 }
 
 impl Default for Metrics {
@@ -176,6 +179,14 @@ impl Default for Metrics {
             "chat_memory_budget_refusals",
             "Reads refused with chat.Busy after waiting --budget-wait for room",
         );
+        let rate_limited = Family::<Labels1, Counter>::default();
+        registry.register(
+            "chat_rate_limited",
+            "Calls refused with chat.RateLimited, by action (send: --rate-limit-send, new: --rate-limit-new)",
+            rate_limited.clone(),
+        );
+        let rate_limited_send = rate_limited.get_or_create(&[("action", "send")]).clone();
+        let rate_limited_new = rate_limited.get_or_create(&[("action", "new")]).clone();
         let flush_latency = latency_histogram();
         registry.register(
             "chat_flush_duration_seconds",
@@ -204,6 +215,8 @@ impl Default for Metrics {
             connections_refused,
             connections_timed_out_handshake,
             connections_timed_out_idle,
+            rate_limited_send,
+            rate_limited_new,
         }
     }
 }

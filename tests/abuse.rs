@@ -554,3 +554,263 @@ async fn past_max_connections_new_ones_are_closed_at_once_and_served_after_other
     drop(held);
     server.stop().await;
 }
+
+/// `req` as `user`, for a server with `--auth header --auth-header x-user-id`.
+fn as_user<T>(user: &str, req: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(req);
+    req.metadata_mut()
+        .insert("x-user-id", user.parse().unwrap());
+    req
+}
+
+/// How long a refusal says to wait (its `google.rpc.RetryInfo`).
+fn retry_delay(status: &tonic::Status) -> Duration {
+    use tonic_types::StatusExt;
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a RetryInfo detail with a delay")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_over_their_rate_limit_are_refused_with_the_wait_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.auth = chat::config::AuthMode::Header;
+    config.auth_header = Some("x-user-id".into());
+    config.rate_limit_send = 5.0;
+    config.rate_limit_new = 3.0;
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let started = std::time::Instant::now();
+    let chat = c
+        .new_chat(as_user(
+            "ann",
+            pb::NewRequest {
+                user_ids: vec!["ann".into(), "bob".into()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .chat_id;
+
+    // Sends: a burst of twice the rate, then refusals that say how long to wait.
+    let mut admitted = 0u32;
+    let refused = loop {
+        let req = send_req(&chat, "ann", &format!("m{admitted}"), "hi");
+        match c.send(as_user("ann", req)).await {
+            Ok(_) => admitted += 1,
+            Err(status) => break status,
+        }
+        assert!(admitted < 1000, "never refused");
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_error(&refused, Code::ResourceExhausted, "chat.RateLimited");
+    assert!(
+        admitted >= 10 && f64::from(admitted) <= 10.0 + 5.0 * elapsed + 1.0,
+        "{admitted} sends admitted in {elapsed:.2} s at 5/s with a burst of 10"
+    );
+    let wait = retry_delay(&refused);
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(200),
+        "{wait:?}"
+    );
+    // The refused message was not stored; another caller is not limited.
+    let stored = c
+        .history(as_user(
+            "ann",
+            pb::HistoryRequest {
+                chat_id: chat.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(
+        stored.len(),
+        admitted as usize,
+        "only the admitted sends are stored"
+    );
+    c.send(as_user("bob", send_req(&chat, "bob", "b1", "hello")))
+        .await
+        .unwrap();
+
+    // Over HTTP: 429 with Retry-After in whole seconds and the error id.
+    let http = reqwest::Client::new();
+    let resp = loop {
+        let resp = http
+            .post(format!("http://{}/chat/Chat/Send", server.addr))
+            .header("content-type", "application/json")
+            .header("x-user-id", "ann")
+            .body(
+                serde_json::json!({"chat_id": chat, "user_id": "ann", "client_id": "h", "text": "x"})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            break resp;
+        }
+    };
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["id"], "chat.RateLimited");
+
+    // Messages sent on a Connect stream count too: the stream ends with the
+    // refusal, on gRPC and on a WebSocket (close 1013, try again later).
+    let (tx, mut req) = connect_request(&chat, "ann", None);
+    req.metadata_mut()
+        .insert("x-user-id", "ann".parse().unwrap());
+    let mut stream = c.connect(req).await.unwrap().into_inner();
+    for i in 0..50 {
+        let msg = pb::Message {
+            client_id: format!("s{i}"),
+            text: "on a stream".into(),
+            ..Default::default()
+        };
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let ended = loop {
+        match stream.next().await {
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without the refusal"),
+        }
+    };
+    assert_error(&ended, Code::ResourceExhausted, "chat.RateLimited");
+    {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message as Ws};
+        let url = format!(
+            "ws://{}/chat/Chat/Connect?chat_id={chat}&user_id=ann",
+            server.addr
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("x-user-id", "ann".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        for i in 0..50 {
+            let frame = serde_json::json!({"client_id": format!("w{i}"), "text": "ws"});
+            if ws.send(Ws::Text(frame.to_string().into())).await.is_err() {
+                break;
+            }
+        }
+        let close = loop {
+            match ws.next().await {
+                Some(Ok(Ws::Close(frame))) => break frame.expect("a close frame"),
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        };
+        assert_eq!(u16::from(close.code), 1013);
+        let reason: serde_json::Value = serde_json::from_str(close.reason.as_str()).unwrap();
+        assert_eq!(reason["id"], "chat.RateLimited", "{close:?}");
+    }
+
+    // After the wait it says, the caller is served again.
+    let refused = c
+        .send(as_user("ann", send_req(&chat, "ann", "late", "x")))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(retry_delay(&refused)).await;
+    c.send(as_user("ann", send_req(&chat, "ann", "late", "x")))
+        .await
+        .unwrap();
+
+    // New: 3 a minute, a burst of 6 (the first chat above was one of them).
+    let mut created = 1u32;
+    let refused = loop {
+        let req = pb::NewRequest {
+            user_ids: vec!["ann".into(), format!("friend{created}")],
+        };
+        match c.new_chat(as_user("ann", req)).await {
+            Ok(_) => created += 1,
+            Err(status) => break status,
+        }
+        assert!(created < 1000, "never refused");
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_error(&refused, Code::ResourceExhausted, "chat.RateLimited");
+    assert!(
+        created >= 6 && f64::from(created) <= 6.0 + elapsed / 20.0 + 1.0,
+        "{created} chats in {elapsed:.1} s at 3/min with a burst of 6"
+    );
+    let wait = retry_delay(&refused);
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(20),
+        "{wait:?}"
+    );
+    let resp = http
+        .post(format!("http://{}/chat/Chat/New", server.addr))
+        .header("content-type", "application/json")
+        .header("x-user-id", "ann")
+        .body(r#"{"user_ids": ["ann", "zed"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let secs: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&secs), "Retry-After: {secs}");
+    // bob has his own allowance.
+    c.new_chat(as_user(
+        "bob",
+        pb::NewRequest {
+            user_ids: vec!["bob".into(), "zed".into()],
+        },
+    ))
+    .await
+    .unwrap();
+    let metrics = server.chats.metrics();
+    assert!(metrics.rate_limited_send.get() >= 4);
+    assert!(metrics.rate_limited_new.get() >= 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_identity_callers_are_rate_limited_by_their_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.rate_limit_send = 2.0;
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    let send_from = |local: &str| {
+        let client = reqwest::Client::builder()
+            .local_address(local.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let url = format!("http://{}/chat/Chat/Send", server.addr);
+        let body = serde_json::json!({"chat_id": chat, "user_id": "ann", "text": "x"}).to_string();
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let mut admitted = 0;
+    while send_from("127.0.0.1").await == 200 {
+        admitted += 1;
+        assert!(admitted < 1000, "never refused");
+    }
+    assert!(admitted >= 4, "a burst of twice the rate: {admitted}");
+    assert_eq!(send_from("127.0.0.1").await, 429);
+    // Another address (all of 127/8 is loopback) has its own allowance.
+    assert_eq!(send_from("127.0.0.2").await, 200);
+    server.stop().await;
+}

@@ -44,6 +44,7 @@ mod commit;
 mod fanout;
 mod history;
 mod ids;
+pub mod rate;
 
 use budget::Budget;
 pub use commit::Committer;
@@ -80,6 +81,10 @@ pub struct Limits {
     pub memory_budget: usize,
     /// How long a read waits for room in the budget before `chat.Busy`.
     pub budget_wait: std::time::Duration,
+    /// Sends a second per caller (0: no limit).
+    pub rate_limit_send: f64,
+    /// New chats a minute per caller (0: no limit).
+    pub rate_limit_new: f64,
 }
 
 impl Default for Limits {
@@ -94,6 +99,8 @@ impl Default for Limits {
             history_page_bytes: 1 << 20,
             memory_budget: 256 << 20,
             budget_wait: std::time::Duration::from_secs(10),
+            rate_limit_send: 0.0,
+            rate_limit_new: 0.0,
         }
     }
 }
@@ -134,6 +141,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// What stream batches, pages being sent and windows may hold.
     budget: Budget,
+    rate: rate::RateLimits,
 }
 
 struct Live {
@@ -149,6 +157,7 @@ impl Chats {
         let (stop, stopped) = oneshot::channel();
         let metrics = Arc::new(Metrics::default());
         let budget = Budget::new(limits.memory_budget, limits.budget_wait, metrics.clone());
+        let rate = rate::RateLimits::new(limits.rate_limit_send, limits.rate_limit_new);
         let shared = Arc::new(Shared {
             store,
             limits,
@@ -162,6 +171,7 @@ impl Chats {
             broken: watch::Sender::new(None),
             metrics,
             budget,
+            rate,
         });
         let task = tokio::spawn(commit_loop(
             shared.store.clone(),
@@ -171,6 +181,23 @@ impl Chats {
             shared.budget.clone(),
         ));
         (Chats { shared }, Committer { stop, task })
+    }
+
+    /// Counts a Send or a New against `who`'s rate limit; the wire layer
+    /// calls it before the call itself (a Connect stream, for each message).
+    ///
+    /// # Errors
+    /// `RateLimited` when `who` is over its limit.
+    pub fn admit(&self, action: rate::Action, who: &rate::Who) -> Result<()> {
+        let admitted = self.shared.rate.admit(action, who);
+        if admitted.is_err() {
+            let counter = match action {
+                rate::Action::Send => &self.shared.metrics.rate_limited_send,
+                rate::Action::New => &self.shared.metrics.rate_limited_new,
+            };
+            counter.inc();
+        }
+        admitted
     }
 
     /// The service's counters, shared with the wire layer.
