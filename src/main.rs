@@ -4,6 +4,13 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: with sled copying tree nodes on
+/// every write, glibc's allocator (its consolidation and unlinking of
+/// free chunks) was the largest single cost of a Send (see
+/// docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = chat::Config::parse();

@@ -1089,6 +1089,11 @@ fn pin_self(cpu: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The server's allocator, so that the in-process scenario measures what
+/// the server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
