@@ -13,6 +13,10 @@
 
 mod abuse;
 mod postgres;
+mod redis;
+mod report;
+
+use report::{row, Report};
 
 use std::{
     collections::BTreeMap,
@@ -57,6 +61,10 @@ struct Args {
     /// The server binary (default: `chat` next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Runs everything this many times and prints each figure's median
+    /// (judge figures on the median of three runs: the machine is noisy).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     /// The script that starts a throwaway PostgreSQL cluster (scenario 9).
     #[arg(long, default_value = "scripts/pg-cluster")]
     pg_cluster: PathBuf,
@@ -93,91 +101,6 @@ impl Stats {
             p50_us: pct(0.5),
             p99_us: pct(0.99),
         }
-    }
-}
-
-/// One row of the report.
-struct Row {
-    scenario: u32,
-    case: String,
-    figure: String,
-    value: f64,
-    unit: &'static str,
-    ceiling: Option<f64>,
-    /// The target, as text, and whether it was met.
-    target: Option<(String, bool)>,
-    extra: BTreeMap<&'static str, f64>,
-}
-
-struct Report {
-    rows: Vec<Row>,
-}
-
-impl Report {
-    fn add(&mut self, row: Row) {
-        let ratio = row
-            .ceiling
-            .map(|c| format!("{:.2}x of {}", row.value / c, fmt_num(c)))
-            .unwrap_or_default();
-        let target = row
-            .target
-            .as_ref()
-            .map(|(t, met)| format!("{t} {}", if *met { "MET" } else { "MISSED" }))
-            .unwrap_or_default();
-        println!(
-            "{:>2}  {:<38} {:<22} {:>12} {:<6} {:<26} {}",
-            row.scenario,
-            row.case,
-            row.figure,
-            fmt_num(row.value),
-            row.unit,
-            ratio,
-            target
-        );
-        self.rows.push(row);
-    }
-
-    fn json(&self, setup: &str, quick: bool) -> serde_json::Value {
-        let rows: Vec<_> = self
-            .rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "scenario": r.scenario, "case": r.case, "figure": r.figure, "value": r.value,
-                    "unit": r.unit, "ceiling": r.ceiling, "ratio": r.ceiling.map(|c| r.value / c),
-                    "target": r.target.as_ref().map(|t| &t.0), "met": r.target.as_ref().map(|t| t.1),
-                    "extra": r.extra,
-                })
-            })
-            .collect();
-        serde_json::json!({ "setup": setup, "quick": quick, "rows": rows })
-    }
-}
-
-fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn row(
-    scenario: u32,
-    case: impl Into<String>,
-    figure: impl Into<String>,
-    value: f64,
-    unit: &'static str,
-) -> Row {
-    Row {
-        scenario,
-        case: case.into(),
-        figure: figure.into(),
-        value,
-        unit,
-        ceiling: None,
-        target: None,
-        extra: BTreeMap::new(),
     }
 }
 
@@ -332,6 +255,8 @@ struct Bench {
     /// Empty unary (Health/Check) at concurrency 64: req/s and p50 at concurrency 1.
     unary64: Option<f64>,
     unary1_p50: Option<f64>,
+    /// Whether servers go on CPU 0 and load generators on CPU 1.
+    pin: bool,
 }
 
 impl Bench {
@@ -1089,6 +1014,64 @@ fn pin_self(cpu: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// One run of the wanted scenarios.
+async fn run_once(args: &Args, bin: &Path, pin: bool) -> Result<Report, BoxError> {
+    let wanted = |n: u32| args.scenarios.is_empty() || args.scenarios.contains(&n);
+    let mut report = Report::default();
+    let dir = TempDir::new()?;
+    let server = ServerProc::start(bin, dir.path(), pin).await?;
+    let channels = server.channels(8).await?;
+    let mut bench = Bench {
+        quick: args.quick,
+        secs: if args.quick { 0.5 } else { 5.0 },
+        server,
+        channels,
+        report,
+        unary64: None,
+        unary1_p50: None,
+        pin,
+    };
+    type Scenario =
+        for<'a> fn(
+            &'a mut Bench,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + 'a>>;
+    let scenarios: [(u32, Scenario); 8] = [
+        (1, |b| Box::pin(b.scenario1())),
+        (2, |b| Box::pin(b.scenario2())),
+        (3, |b| Box::pin(b.scenario3())),
+        (4, |b| Box::pin(b.scenario4())),
+        (5, |b| Box::pin(b.scenario5())),
+        (7, |b| Box::pin(b.scenario7())),
+        (11, |b| Box::pin(b.scenario11())),
+        (8, |b| Box::pin(b.scenario8())),
+    ];
+    for (n, run) in scenarios {
+        if wanted(n) {
+            run(&mut bench)
+                .await
+                .map_err(|e| format!("scenario {n}: {e}"))?;
+        }
+    }
+    bench.server.stop().await;
+    report = bench.report;
+    if wanted(6) {
+        scenario6(&mut report, bin, args.quick, pin)
+            .await
+            .map_err(|e| format!("scenario 6: {e}"))?;
+    }
+    if wanted(10) {
+        abuse::scenario10(&mut report, bin, args.quick, pin)
+            .await
+            .map_err(|e| format!("scenario 10: {e}"))?;
+    }
+    if wanted(9) {
+        postgres::scenario9(&mut report, bin, &args.pg_cluster, args.quick, pin)
+            .await
+            .map_err(|e| format!("scenario 9: {e}"))?;
+    }
+    Ok(report)
+}
+
 /// The server's allocator, so that the in-process scenario measures what
 /// the server does.
 #[global_allocator]
@@ -1112,70 +1095,32 @@ fn main() -> Result<(), BoxError> {
             Some(b) => b.clone(),
             None => std::env::current_exe()?.with_file_name("chat"),
         };
-        let wanted = |n: u32| args.scenarios.is_empty() || args.scenarios.contains(&n);
         println!(
             "chat-bench ({} mode): {setup}",
             if args.quick { "quick" } else { "full" }
         );
-        println!(
-            "{:>2}  {:<38} {:<22} {:>12} {:<6} {:<26} target",
-            "#", "case", "figure", "value", "unit", "vs ceiling"
-        );
-        let mut report = Report { rows: Vec::new() };
-        let dir = TempDir::new()?;
-        let server = ServerProc::start(&bin, dir.path(), pin).await?;
-        let channels = server.channels(8).await?;
-        let mut bench = Bench {
-            quick: args.quick,
-            secs: if args.quick { 0.5 } else { 5.0 },
-            server,
-            channels,
-            report,
-            unary64: None,
-            unary1_p50: None,
-        };
-        type Scenario = for<'a> fn(
-            &'a mut Bench,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<(), BoxError>> + 'a>,
-        >;
-        let scenarios: [(u32, Scenario); 7] = [
-            (1, |b| Box::pin(b.scenario1())),
-            (2, |b| Box::pin(b.scenario2())),
-            (3, |b| Box::pin(b.scenario3())),
-            (4, |b| Box::pin(b.scenario4())),
-            (5, |b| Box::pin(b.scenario5())),
-            (7, |b| Box::pin(b.scenario7())),
-            (8, |b| Box::pin(b.scenario8())),
-        ];
-        for (n, run) in scenarios {
-            if wanted(n) {
-                run(&mut bench)
-                    .await
-                    .map_err(|e| format!("scenario {n}: {e}"))?;
+        let repeat = args.repeat.max(1);
+        let mut runs = Vec::new();
+        for n in 1..=repeat {
+            if repeat > 1 {
+                println!("run {n} of {repeat}");
             }
+            report::print_header();
+            runs.push(run_once(&args, &bin, pin).await?);
         }
-        bench.server.stop().await;
-        report = bench.report;
-        if wanted(6) {
-            scenario6(&mut report, &bin, args.quick, pin)
-                .await
-                .map_err(|e| format!("scenario 6: {e}"))?;
-        }
-        if wanted(10) {
-            abuse::scenario10(&mut report, &bin, args.quick, pin)
-                .await
-                .map_err(|e| format!("scenario 10: {e}"))?;
-        }
-        if wanted(9) {
-            postgres::scenario9(&mut report, &bin, &args.pg_cluster, args.quick, pin)
-                .await
-                .map_err(|e| format!("scenario 9: {e}"))?;
-        }
-        std::fs::write(
-            &args.json,
-            serde_json::to_string_pretty(&report.json(&setup, args.quick))?,
-        )?;
+        let json = if repeat > 1 {
+            let median = Report::median(&runs);
+            println!("median of {repeat} runs (ratios: the median of each run's own ratio)");
+            median.print();
+            serde_json::json!({
+                "setup": setup, "quick": args.quick, "repeat": repeat,
+                "rows": median.rows_json(),
+                "runs": runs.iter().map(Report::rows_json).collect::<Vec<_>>(),
+            })
+        } else {
+            serde_json::json!({ "setup": setup, "quick": args.quick, "rows": runs[0].rows_json() })
+        };
+        std::fs::write(&args.json, serde_json::to_string_pretty(&json)?)?;
         println!("figures written to {}", args.json.display());
         Ok(())
     })
