@@ -11,8 +11,29 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // Without tokio's LIFO slot, a connection's task runs after every
+    // stream task that woke it rather than right after the first: when a
+    // commit answers 50 Sends, or a message goes to 1,000 streams, each
+    // connection writes its responses in one syscall instead of one each
+    // (3 deliveries per writev before, at 1,000 streams; see
+    // docs/performance.md). The setting needs `--cfg tokio_unstable`
+    // (.cargo/config.toml); without it the server still builds and runs.
+    #[cfg(tokio_unstable)]
+    runtime.disable_lifo_slot();
+    let runtime = match runtime.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> std::process::ExitCode {
     let config = chat::Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
