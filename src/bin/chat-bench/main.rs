@@ -375,13 +375,14 @@ impl Bench {
         // Ceiling: raw sled, same concurrency, same group commit. The second
         // figure writes two keys per message as the store does (the message
         // and its idempotency key), to show what sled itself costs.
+        // The ceiling: as many inserts per message as the store makes.
         let mut raw_rate = 0.0;
         for (inserts, case) in [
             (1, "raw sled insert + group flush c=64"),
             (2, "raw sled 2 inserts/msg + group flush"),
         ] {
             let raw = raw_sled(self.secs, inserts).await?;
-            if inserts == 1 {
+            if inserts == 2 {
                 raw_rate = raw.rate();
             }
             let mut r = row(2, case, "msgs/s", raw.rate(), "msgs/s");
@@ -421,7 +422,10 @@ impl Bench {
             "msgs/s",
         );
         r.ceiling = Some(raw_rate);
-        r.target = Some(("ratio >= 0.8".into(), stats.rate() / raw_rate >= 0.8));
+        r.target = Some((
+            "ratio >= 0.9 of the same inserts".into(),
+            stats.rate() / raw_rate >= 0.9,
+        ));
         r.extra.insert("p50_us", stats.p50_us);
         self.report.add(r);
         Ok(())
