@@ -297,6 +297,29 @@ impl Bench {
         self.unary1_p50.unwrap_or(1.0)
     }
 
+    /// Unary Sends from `conc` workers for the scenario's time, spread over
+    /// `chats`; `tag` keeps client_ids apart from other loads'.
+    async fn send_load(
+        &self,
+        conc: usize,
+        chats: Arc<Vec<String>>,
+        tag: String,
+        text: &'static str,
+    ) -> Stats {
+        let clients: Vec<_> = (0..self.channels.len()).map(|w| self.client(w)).collect();
+        load(conc, self.secs, move |w, i| {
+            let mut c = clients[w % clients.len()].clone();
+            let chat = chats[(w + i as usize * 7) % chats.len()].clone();
+            let client_id = format!("{tag}-{w}-{i}");
+            async move {
+                c.send(send_req(&chat, "bench", client_id, text.into()))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
     /// 1: unary Send at 1/16/64/256 in 1 chat and in 1,000 chats, against Health/Check.
     async fn scenario1(&mut self) -> Result<(), BoxError> {
         let mut c = self.client(0);
@@ -329,23 +352,10 @@ impl Bench {
                 ("1 chat", Arc::new(vec![one.clone()])),
                 ("1000 chats", many.clone()),
             ] {
-                let clients: Vec<_> = (0..self.channels.len()).map(|w| self.client(w)).collect();
-                let r0 = run.fetch_add(1, Relaxed);
-                let stats = load(conc, self.secs, move |w, i| {
-                    let mut c = clients[w % clients.len()].clone();
-                    let chat = chats[(w + i as usize * 7) % chats.len()].clone();
-                    async move {
-                        c.send(send_req(
-                            &chat,
-                            "bench",
-                            format!("{r0}-{w}-{i}"),
-                            "hello, a short chat message".into(),
-                        ))
-                        .await?;
-                        Ok(())
-                    }
-                })
-                .await;
+                let tag = run.fetch_add(1, Relaxed).to_string();
+                let stats = self
+                    .send_load(conc, chats, tag, "hello, a short chat message")
+                    .await;
                 let mut r = row(
                     1,
                     format!("Send c={conc}, {label}"),

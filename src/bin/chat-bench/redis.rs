@@ -152,26 +152,17 @@ impl Bench {
         }
         let redis = Redis::start(pin).await?;
         let mut c = self.client(0);
-        let chat = new_chat(&mut c).await?;
+        let chat = Arc::new(vec![new_chat(&mut c).await?]);
         for conc in [1usize, 16, 64, 256] {
             let unary = self.health_load(conc).await;
-            let clients: Vec<_> = (0..self.channels.len()).map(|w| self.client(w)).collect();
-            let chat = chat.clone();
-            let send = load(conc, self.secs, move |w, i| {
-                let mut c = clients[w % clients.len()].clone();
-                let chat = chat.clone();
-                async move {
-                    c.send(send_req(
-                        &chat,
-                        "alice",
-                        format!("r{conc}-{w}-{i}"),
-                        "hello world message".into(),
-                    ))
-                    .await?;
-                    Ok(())
-                }
-            })
-            .await;
+            let send = self
+                .send_load(
+                    conc,
+                    chat.clone(),
+                    format!("r{conc}"),
+                    "hello world message",
+                )
+                .await;
             // About as long as the Send load ran, at the rate Send reached.
             let n = ((send.rate().max(1000.0) * self.secs) as u64).max(1000);
             let xadd = redis.xadd(conc, n, pin).await?;

@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(r.ceiling, Some(40.0));
         // Ratios 0.25, 0.6, 0.667: the median is the second run's.
         assert_eq!(r.ratio(), Some(0.6));
-        assert_eq!(r.target.as_ref().unwrap().1, true);
+        assert!(r.target.as_ref().unwrap().1);
         assert_eq!(r.extra["runs"], 3.0);
     }
 }
