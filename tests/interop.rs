@@ -1,6 +1,8 @@
-//! A non-Rust client: Python grpcio, with stubs generated from
-//! `proto/chat.proto` at test time, against the real server. Fails (never
-//! skips) when python3, grpcio or grpcio-tools is missing: `.ci/run` installs them.
+//! Clients in other languages against the real server: Python grpcio, with
+//! stubs generated from `proto/chat.proto` at test time, and the Node.js
+//! client of `examples/node` (@grpc/grpc-js, generated from the proto when
+//! it starts). Fails (never skips) when python3, grpcio, grpcio-tools, node
+//! or the example's node_modules are missing: `scripts/test` installs them.
 
 mod common;
 
@@ -23,5 +25,42 @@ async fn python_grpcio_client_drives_every_rpc() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_sends_retries_pages_and_resumes_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node");
+    assert!(
+        std::path::Path::new(example)
+            .join("node_modules/@grpc/grpc-js")
+            .is_dir(),
+        "run `npm install --no-package-lock` in examples/node (scripts/test does)"
+    );
+    let run = tokio::process::Command::new("node")
+        .arg("client.js")
+        .arg(server.addr.to_string())
+        .current_dir(example)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the Node client finishes within a minute")
+        .expect("node must be installed (scripts/test needs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Node client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What it saw, from its own report: seq 1..5 paged, 1..6 streamed, 5..7 resumed.
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["history_seqs"], serde_json::json!([1, 2, 3, 4, 5]));
+    assert_eq!(
+        seen["streamed"],
+        serde_json::json!(["1", "2", "3", "4", "5", "6"])
+    );
+    assert_eq!(seen["resumed"], serde_json::json!(["5", "6", "7"]));
     server.stop().await;
 }
