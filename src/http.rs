@@ -71,6 +71,7 @@ pub fn router(chats: Chats, auth: Arc<Auth>, options: Options) -> Router {
         .route("/chat/Chat/History", post(history))
         .route("/chat/Chat/Send", post(send))
         .route("/chat/Chat/Connect", get(connect))
+        .route("/openapi.json", get(openapi))
         .with_state(Http {
             chats,
             auth,
@@ -126,6 +127,14 @@ impl Http {
         )
         .await
     }
+}
+
+/// The OpenAPI 3.1 document of this interface (api/openapi.json; the
+/// `contract` tests keep it in step with the proto).
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// Any other path: a JSON 404 for HTTP callers, UNIMPLEMENTED for gRPC ones.

@@ -125,3 +125,83 @@ fn the_released_baseline_is_a_snapshot_of_chat_proto_with_its_header() {
     assert!(released.starts_with("// A snapshot of proto/chat.proto as last released"));
     assert!(released.contains("package chat;") && released.contains("service Chat {"));
 }
+
+/// The OpenAPI document (api/openapi.json, served at /openapi.json) names
+/// every RPC of the HTTP/JSON interface and every field of its messages, as
+/// the proto declares them: a field or an RPC added to the proto without
+/// the document fails here.
+#[test]
+fn the_openapi_document_has_every_rpc_and_field_of_the_proto() {
+    use prost::Message as _;
+    let doc: serde_json::Value = serde_json::from_str(chat::http::OPENAPI).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let on_disk = std::fs::read_to_string(repo().join("api/openapi.json")).unwrap();
+    assert_eq!(
+        on_disk,
+        chat::http::OPENAPI,
+        "the served document is the file"
+    );
+    let set = prost_types::FileDescriptorSet::decode(chat::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let file = set
+        .file
+        .iter()
+        .find(|f| f.package() == "chat")
+        .expect("chat.proto in the descriptor set");
+    let message = |name: &str| {
+        file.message_type
+            .iter()
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no message {name} in chat.proto"))
+    };
+    let schemas = &doc["components"]["schemas"];
+    let mut checked = Vec::new();
+    let mut check_message = |name: &str| {
+        let schema = &schemas[name];
+        assert!(schema.is_object(), "no schema {name} in api/openapi.json");
+        for field in &message(name).field {
+            assert!(
+                schema["properties"][field.name()].is_object(),
+                "api/openapi.json: schema {name} has no property {} (proto field {})",
+                field.name(),
+                field.number()
+            );
+        }
+        checked.push(name.to_owned());
+    };
+    let service = file.service.iter().find(|s| s.name() == "Chat").unwrap();
+    for method in &service.method {
+        let short = |t: &str| t.trim_start_matches(".chat.").to_owned();
+        let (input, output) = (short(method.input_type()), short(method.output_type()));
+        check_message(&input);
+        check_message(&output);
+        if method.client_streaming() || method.server_streaming() {
+            // Streams are WebSockets over HTTP: described in words.
+            let words = doc["info"]["description"].as_str().unwrap();
+            assert!(
+                words.contains(&format!("/chat/Chat/{}", method.name())),
+                "api/openapi.json does not describe the {} WebSocket",
+                method.name()
+            );
+            continue;
+        }
+        let path = &doc["paths"][format!("/chat/Chat/{}", method.name())]["post"];
+        assert!(
+            path.is_object(),
+            "api/openapi.json has no POST /chat/Chat/{}",
+            method.name()
+        );
+        assert_eq!(path["operationId"], method.name());
+        let schema_of =
+            |v: &serde_json::Value| v["content"]["application/json"]["schema"]["$ref"].clone();
+        assert_eq!(
+            schema_of(&path["requestBody"]),
+            format!("#/components/schemas/{input}")
+        );
+        assert_eq!(
+            schema_of(&path["responses"]["200"]),
+            format!("#/components/schemas/{output}")
+        );
+    }
+    check_message("Message");
+    assert!(checked.len() >= 8, "{checked:?}");
+}

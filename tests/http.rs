@@ -449,3 +449,89 @@ async fn cors_allows_only_the_configured_origins() {
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     server.stop().await;
 }
+
+/// One counter of the server's metrics text.
+fn counter(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)?
+                .strip_prefix(' ')?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// schemathesis (PyPI) generates requests from the served OpenAPI document
+/// (api/openapi.json) with a fixed seed: no 5xx, every response — errors
+/// included — has a documented status, content type and body, and every
+/// request the document allows is accepted (or answered 404/409 for a chat
+/// or client_id that is not there); its stateful phase follows the
+/// document's links from New to Send and History. Afterwards, only the
+/// accepted Sends stored anything. Fails when schemathesis is missing (scripts/test
+/// installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_and_schemathesis_finds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let served = reqwest::get(format!("http://{}/openapi.json", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["content-type"], "application/json");
+    assert_eq!(served.text().await.unwrap(), chat::http::OPENAPI);
+
+    let run = tokio::process::Command::new("schemathesis")
+        .arg("run")
+        .arg(format!("http://{}/openapi.json", server.addr))
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance,response_headers_conformance,positive_data_acceptance",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+        ])
+        .env("NO_COLOR", "1")
+        .current_dir(dir.path())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("schemathesis finishes within 5 minutes")
+        .expect("schemathesis must be installed (scripts/test installs it with pip)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refused requests changed nothing: every stored message is an
+    // accepted Send (replays of a stored one store nothing).
+    let metrics = server.chats.metrics().render();
+    let accepted = counter(&metrics, "chat_rpcs_total{method=\"Send\",code=\"OK\"}");
+    let m = server.chats.metrics();
+    let refused = counter(
+        &metrics,
+        "chat_rpcs_total{method=\"Send\",code=\"INVALID_ARGUMENT\"}",
+    ) + counter(
+        &metrics,
+        "chat_rpcs_total{method=\"Send\",code=\"NOT_FOUND\"}",
+    );
+    eprintln!(
+        "Sends: {accepted} accepted, {refused} refused; {} stored",
+        m.messages_stored.get()
+    );
+    // The document's links (New -> Send, History) let it reach real chats.
+    assert!(
+        accepted > 0.0 && refused > 0.0,
+        "schemathesis sent no accepted or no refused Send:\n{metrics}"
+    );
+    assert_eq!(
+        m.messages_stored.get() as f64,
+        accepted - m.idempotent_replays.get() as f64,
+        "stored messages against accepted Sends"
+    );
+    server.stop().await;
+}
