@@ -10,6 +10,7 @@ use protox::prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    git_commit();
     let fds = protox::compile(["chat.proto"], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let descriptor = fds.encode_to_vec();
@@ -70,4 +71,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::ChatCodec")
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// `CHAT_GIT_COMMIT`: the commit the binary is built from, for `chat
+/// --version` ("unknown" outside a git checkout, e.g. from a source tarball).
+fn git_commit() {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=CHAT_GIT_COMMIT={commit}");
+    // A new commit moves the branch's ref (or HEAD itself when detached).
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }

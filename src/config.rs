@@ -10,7 +10,7 @@ use crate::{chat::Limits, store::pgconn::PgOptions};
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "chat",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CHAT_GIT_COMMIT"), ")"),
     about = "A gRPC chat service: an embedded sled store by default, or any number of replicas on PostgreSQL."
 )]
 pub struct Config {

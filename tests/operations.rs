@@ -335,3 +335,23 @@ async fn text_logs_to_a_file_or_pipe_have_no_colour_codes() {
     );
     let _ = child.kill().await;
 }
+
+#[test]
+fn version_names_the_release_and_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs (the tests run from a checkout)");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert_eq!(
+        printed.trim(),
+        format!("chat {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
