@@ -535,3 +535,42 @@ async fn the_openapi_document_is_served_and_schemathesis_finds_nothing() {
     );
     server.stop().await;
 }
+
+/// What schemathesis found, kept as behaviour the document now states:
+/// unknown fields are refused, and so are integers written with a fraction
+/// (proto3 JSON's parser here takes `5` or `"5"`, not `5.0`) — 400
+/// `chat.InvalidJSON` either way, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_and_fractional_integers_are_refused_as_the_openapi_document_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_, created) = post(&server, "New", json!({"user_ids": []})).await;
+    let chat = created["chat_id"].as_str().unwrap().to_owned();
+    let refused = [
+        (
+            "Send",
+            json!({"chat_id": chat, "user_id": "ann", "text": "x", "extra": 1}),
+        ),
+        ("New", json!({"user_ids": ["ann"], "": []})),
+        ("History", json!({"chat_id": chat, "limit": 5.0})),
+        ("History", json!({"chat_id": chat, "after_seq": 0.0})),
+    ];
+    for (method, body) in refused {
+        let (status, error) = post(&server, method, body.clone()).await;
+        assert_eq!(status, 400, "{method} {body}");
+        assert_eq!(error["id"], "chat.InvalidJSON", "{method} {body}");
+    }
+    for body in [
+        json!({"chat_id": chat, "limit": 5}),
+        json!({"chat_id": chat, "limit": "5"}),
+    ] {
+        let (status, _) = post(&server, "History", body.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut c = server.client().await;
+    assert!(
+        all_messages(&mut c, &chat).await.is_empty(),
+        "nothing was stored"
+    );
+    server.stop().await;
+}
