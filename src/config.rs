@@ -151,6 +151,16 @@ pub struct Config {
     #[arg(long, env = "CHAT_RATE_LIMIT_NEW", default_value_t = 0.0)]
     pub rate_limit_new: f64,
 
+    /// Track who is present in each chat (a member with a Connect stream
+    /// open): join and leave events, the Presence RPC, heartbeats between
+    /// replicas. `--presence=false` turns it off.
+    #[arg(long, env = "CHAT_PRESENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub presence: bool,
+
+    /// Relay typing signals (the Typing RPC). `--typing=false` turns it off.
+    #[arg(long, env = "CHAT_TYPING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub typing: bool,
+
     /// Seconds between HTTP/2 keepalive pings, so half-open clients are noticed (0: off).
     #[arg(long, env = "CHAT_KEEPALIVE_INTERVAL", default_value_t = 30)]
     pub keepalive_interval: u64,
@@ -458,6 +468,8 @@ impl Config {
             budget_wait: Duration::from_secs(self.budget_wait),
             rate_limit_send: self.rate_limit_send.max(0.0),
             rate_limit_new: self.rate_limit_new.max(0.0),
+            presence: self.presence,
+            typing: self.typing,
         }
     }
 

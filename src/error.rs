@@ -33,6 +33,10 @@ pub enum Error {
     /// An idempotency key was reused for different content.
     #[error("{0}: {1}")]
     AlreadyExists(&'static str, String),
+    /// The request is valid but the state does not allow it (editing a
+    /// deleted message; a feature the server runs without).
+    #[error("{0}: {1}")]
+    FailedPrecondition(&'static str, String),
     /// The server's memory budget is spent (clients not reading what they
     /// were sent): retry later.
     #[error("chat.Busy: {0}")]
@@ -68,6 +72,7 @@ impl Error {
             | Error::NotFound(_, d)
             | Error::PermissionDenied(_, d)
             | Error::AlreadyExists(_, d)
+            | Error::FailedPrecondition(_, d)
             | Error::OutOfRange(_, d)
             | Error::RequestTooLarge(d)
             | Error::Busy(d)
@@ -86,6 +91,7 @@ impl Error {
             | Error::NotFound(id, _)
             | Error::PermissionDenied(id, _)
             | Error::AlreadyExists(id, _)
+            | Error::FailedPrecondition(id, _)
             | Error::OutOfRange(id, _) => id,
             Error::RequestTooLarge(_) => "chat.RequestTooLarge",
             Error::Busy(_) => "chat.Busy",
@@ -120,6 +126,7 @@ impl Error {
             Error::Unauthenticated(..) => (Code::Unauthenticated, 401, 4401),
             Error::PermissionDenied(..) => (Code::PermissionDenied, 403, 4403),
             Error::AlreadyExists(..) => (Code::AlreadyExists, 409, 1008),
+            Error::FailedPrecondition(..) => (Code::FailedPrecondition, 409, 1008),
             // 1013 "try again later".
             Error::Busy(_) => (Code::ResourceExhausted, 503, 1013),
             // 1013 "try again later".

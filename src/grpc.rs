@@ -15,6 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{Auth, Identity},
+    calls,
     chat::{
         rate::{Action, Who},
         Chats, Draft, Subscription,
@@ -23,7 +24,7 @@ use crate::{
     error::Error,
     http::HeldLease,
     metrics::Metrics,
-    model::Message,
+    model::{Message, View},
     pb,
     tls::PeerIdentity,
 };
@@ -55,6 +56,24 @@ impl ChatService {
             None,
             request.extensions().get::<PeerIdentity>(),
         )
+        .await
+    }
+
+    /// Runs one of the unary calls in [`crate::calls`] with the verified caller.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Chats, Req, Option<Identity>) -> Fut,
+        Fut: Future<Output = Result<Resp, Error>>,
+    {
+        self.observe(method, "", async {
+            let caller = self.caller(&request).await?;
+            call(self.chats.clone(), request.into_inner(), caller).await
+        })
         .await
     }
 
@@ -119,6 +138,7 @@ impl pb::chat_server::Chat for ChatService {
                         req.limit,
                         req.before_seq,
                         req.after_seq,
+                        view(&req),
                         caller?.as_ref(),
                     )
                     .await?;
@@ -160,6 +180,76 @@ impl pb::chat_server::Chat for ChatService {
             Ok(pb::SendResponse {
                 message: Some(to_wire(&msg)),
             })
+        })
+        .await
+    }
+
+    async fn list_chats(
+        &self,
+        request: Request<pb::ListChatsRequest>,
+    ) -> Result<Response<pb::ListChatsResponse>, Status> {
+        self.unary("ListChats", request, |chats, req, caller| async move {
+            calls::list_chats(&chats, req, caller.as_ref()).await
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        self.unary("MarkRead", request, |chats, req, caller| async move {
+            calls::mark_read(&chats, req, caller.as_ref()).await
+        })
+        .await
+    }
+
+    async fn read_state(
+        &self,
+        request: Request<pb::ReadStateRequest>,
+    ) -> Result<Response<pb::ReadStateResponse>, Status> {
+        self.unary("ReadState", request, |chats, req, caller| async move {
+            calls::read_state(&chats, req, caller.as_ref()).await
+        })
+        .await
+    }
+
+    async fn edit(
+        &self,
+        request: Request<pb::EditRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        self.unary("Edit", request, |chats, req, caller| async move {
+            calls::edit(&chats, req, caller.as_ref()).await
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.unary("Delete", request, |chats, req, caller| async move {
+            calls::delete(&chats, req, caller.as_ref()).await
+        })
+        .await
+    }
+
+    async fn presence(
+        &self,
+        request: Request<pb::PresenceRequest>,
+    ) -> Result<Response<pb::PresenceResponse>, Status> {
+        self.unary("Presence", request, |chats, req, caller| async move {
+            calls::presence(&chats, req, caller.as_ref()).await
+        })
+        .await
+    }
+
+    async fn typing(
+        &self,
+        request: Request<pb::TypingRequest>,
+    ) -> Result<Response<pb::TypingResponse>, Status> {
+        self.unary("Typing", request, |chats, req, caller| async move {
+            calls::typing(&chats, req, caller.as_ref()).await
         })
         .await
     }
@@ -262,15 +352,36 @@ impl ChatService {
                 )
             })?),
         };
+        let events = wants_events(&metadata(md, "events")?)?;
         self.chats
             .subscribe(
                 &metadata(md, "chat-id")?,
                 &user_id(md)?,
                 since_seq,
+                events,
                 caller.as_ref(),
             )
             .await
             .map(|sub| (sub, who))
+    }
+}
+
+/// Whether a Connect stream opts in to events: `events: all` (gRPC
+/// metadata) or `events=all` (WebSocket query); empty or `none`: no.
+///
+/// # Errors
+/// `Invalid` for anything else.
+pub(crate) fn wants_events(value: &str) -> Result<bool, Error> {
+    match value.trim() {
+        "" | "none" => Ok(false),
+        "all" => Ok(true),
+        other => Err(Error::Invalid(
+            "chat.Connect.InvalidEvents",
+            format!(
+                "events must be \"all\" (or left out), not {}",
+                crate::chat::shown(other)
+            ),
+        )),
     }
 }
 
@@ -519,8 +630,20 @@ pub(crate) fn page_to_wire(messages: Vec<Message>) -> Vec<pb::Message> {
             subject: m.subject,
             text: m.text,
             seq: m.seq,
+            kind: m.kind.number(),
+            target_seq: m.target,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
         })
         .collect()
+}
+
+/// What of the log a History request asks for.
+pub(crate) fn view(req: &pb::HistoryRequest) -> View {
+    View {
+        events: req.include_events,
+        deleted: req.include_deleted,
+    }
 }
 
 /// The protobuf size of a message in a History page (the chat id is a UUID).
@@ -542,7 +665,11 @@ fn wire_len(m: &Message) -> usize {
         + field(m.subject.len())
         + field(m.text.len())
         + 1
-        + varint(m.seq) as usize;
+        + varint(m.seq) as usize
+        + (m.kind.number() != 0) as usize * 2
+        + (m.target != 0) as usize * (1 + varint(m.target))
+        + (m.edited_at != 0) as usize * (1 + varint(m.edited_at as u64))
+        + m.deleted as usize * 2;
     field(len)
 }
 
@@ -562,6 +689,10 @@ pub(crate) fn to_wire_in(msg: &Message, chat_id: &str) -> pb::Message {
         subject: msg.subject.clone(),
         text: msg.text.clone(),
         seq: msg.seq,
+        kind: msg.kind.number(),
+        target_seq: msg.target,
+        edited_at: msg.edited_at,
+        deleted: msg.deleted,
     }
 }
 

@@ -71,6 +71,13 @@ pub fn router(chats: Chats, auth: Arc<Auth>, options: Options) -> Router {
         .route("/chat/Chat/History", post(history))
         .route("/chat/Chat/Send", post(send))
         .route("/chat/Chat/Connect", get(connect))
+        .route("/chat/Chat/ListChats", post(list_chats))
+        .route("/chat/Chat/MarkRead", post(mark_read))
+        .route("/chat/Chat/ReadState", post(read_state))
+        .route("/chat/Chat/Edit", post(edit))
+        .route("/chat/Chat/Delete", post(delete))
+        .route("/chat/Chat/Presence", post(presence))
+        .route("/chat/Chat/Typing", post(typing))
         .route("/openapi.json", get(openapi))
         .with_state(Http {
             chats,
@@ -146,7 +153,7 @@ pub async fn fallback(headers: HeaderMap) -> Response {
     if is_grpc {
         return tonic::Status::unimplemented("no such method").into_http();
     }
-    error_body(StatusCode::NOT_FOUND, "chat.NotFound", "no such endpoint; see README (POST /chat/Chat/New, /History, /Send; GET /chat/Chat/Connect)")
+    error_body(StatusCode::NOT_FOUND, "chat.NotFound", "no such endpoint; see README (POST /chat/Chat/New, /History, /Send, /ListChats, /MarkRead, /ReadState, /Edit, /Delete, /Presence, /Typing; GET /chat/Chat/Connect)")
 }
 
 async fn new(
@@ -197,6 +204,7 @@ async fn history(
                     req.limit,
                     req.before_seq,
                     req.after_seq,
+                    grpc::view(&req),
                     caller.as_ref(),
                 )
                 .await?;
@@ -239,6 +247,42 @@ async fn send(
         },
     )
     .await
+}
+
+/// The HTTP/JSON routes of the calls in [`crate::calls`]: one handler each.
+macro_rules! json_calls {
+    ($($name:ident => $method:literal,)*) => {$(
+        async fn $name(
+            State(http): State<Http>,
+            peer: Option<Extension<PeerIdentity>>,
+            addr: Option<Extension<PeerAddr>>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Response {
+            handle(
+                &http,
+                $method,
+                peer.map(|Extension(p)| p),
+                addr.map(|Extension(a)| a.0),
+                headers,
+                body,
+                |http, req, caller, _| async move {
+                    Ok((crate::calls::$name(&http.chats, req, caller.as_ref()).await?, None))
+                },
+            )
+            .await
+        }
+    )*};
+}
+
+json_calls! {
+    list_chats => "ListChats",
+    mark_read => "MarkRead",
+    read_state => "ReadState",
+    edit => "Edit",
+    delete => "Delete",
+    presence => "Presence",
+    typing => "Typing",
 }
 
 /// Checks the content type and size, parses the JSON body, calls, and
@@ -342,6 +386,9 @@ struct ConnectQuery {
     /// subprotocols (proxies may log query strings: prefer those).
     #[serde(default)]
     access_token: Option<String>,
+    /// `all`: also edits, deletions, read, typing and presence events.
+    #[serde(default)]
+    events: String,
 }
 
 /// Connect over WebSocket: refused with an HTTP error before the upgrade,
@@ -393,8 +440,9 @@ async fn connect(
         let peer = peer.as_ref().map(|Extension(p)| p);
         let caller = http.caller(&headers, token, peer).await?;
         let who = Who::of(caller.as_ref(), addr.map(|Extension(a)| a.0));
+        let events = grpc::wants_events(&q.events)?;
         http.chats
-            .subscribe(&q.chat_id, &q.user_id, since, caller.as_ref())
+            .subscribe(&q.chat_id, &q.user_id, since, events, caller.as_ref())
             .await
             .map(|sub| (sub, who))
     };

@@ -25,6 +25,7 @@
 //! the listener and calls [`run`]; tests call [`run`] directly.
 
 pub mod auth;
+mod calls;
 pub mod chat;
 pub mod codec;
 pub mod config;

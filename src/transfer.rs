@@ -50,6 +50,35 @@ struct MessageLine {
     sent_at: i64,
     subject: String,
     text: String,
+    /// An edit (1) or delete (2) event; absent for a message.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    kind: i32,
+    /// An event's message.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    target_seq: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    edited_at: i64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    /// Hex digest of the first subject and text, once changed (so that a
+    /// retry of the original request stays a retry after the move).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    original: String,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Runs a maintenance command against the configured store.
@@ -152,6 +181,11 @@ async fn export(store: &Store, out: &mut impl Write) -> Result<(u64, u64), Strin
                             sent_at: m.sent_at,
                             subject: m.subject,
                             text: m.text,
+                            kind: m.kind.number(),
+                            target_seq: m.target,
+                            edited_at: m.edited_at,
+                            deleted: m.deleted,
+                            original: hex(&m.original),
                         }),
                     )?;
                     messages += 1;
@@ -174,6 +208,8 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
     // The seq each chat's next message must have: an export's seqs are
     // 1, 2, 3, … per chat, and a gap would stall every stream at it.
     let mut next_seq: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::new();
+    // Messages so far per chat: each entry's count (`Message::n`).
+    let mut counts: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::new();
     for (n, line) in input.lines().enumerate() {
         let line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
         if line.trim().is_empty() {
@@ -205,6 +241,7 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
                         &ChatRecord {
                             members,
                             created_at: c.created_at,
+                            created_us: c.created_at.saturating_mul(1_000_000),
                         },
                     )
                     .await
@@ -230,6 +267,13 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
                     ));
                 }
                 *expected += 1;
+                let kind = crate::model::Kind::stored(m.kind);
+                let count = counts.entry(m.chat_id).or_default();
+                if kind == crate::model::Kind::Message {
+                    *count += 1;
+                }
+                let original = unhex(&m.original)
+                    .ok_or_else(|| format!("line {}: original is not hex", n + 1))?;
                 pending.push(Message {
                     id: m.id,
                     client_id: m.client_id,
@@ -239,6 +283,13 @@ async fn import(store: &Store, input: impl BufRead) -> Result<(u64, u64), String
                     subject: m.subject,
                     text: m.text,
                     seq: m.seq,
+                    kind,
+                    target: m.target_seq,
+                    edited_at: m.edited_at,
+                    deleted: m.deleted,
+                    n: *count,
+                    at_us: m.sent_at.saturating_mul(1_000_000),
+                    original,
                 });
                 messages += 1;
             }

@@ -335,6 +335,7 @@ async fn page(
             limit,
             before_seq: before,
             after_seq: after,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -414,6 +415,7 @@ async fn history_errors_name_the_problem() {
         limit: 0,
         before_seq: before,
         after_seq: after,
+        ..Default::default()
     };
     let e = c.history(req("", None, None)).await.unwrap_err();
     assert_error(&e, Code::InvalidArgument, "chat.History.MissingChatID");

@@ -10,7 +10,7 @@ use super::{fanout::ChatState, Chats};
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::{Message, Outcome},
+    model::{Message, Outcome, Refusal},
     store::{Committed, Staged, Store},
 };
 
@@ -32,6 +32,13 @@ pub(super) enum Answer {
     Stored(Arc<Message>),
     /// Already stored under its idempotency key (see [`Outcome::Existing`]).
     Existing { stored: Message, same: bool },
+    /// An edit or delete stored and published, and its message as it is now.
+    Event {
+        event: Arc<Message>,
+        target: Message,
+    },
+    /// An edit or delete the store refused.
+    Refused(Refusal),
     /// A barrier: everything before it is durable.
     Durable,
 }
@@ -146,6 +153,15 @@ pub(super) async fn commit_loop(
                     metrics.messages_stored.inc();
                     Ok(Answer::Stored(msg))
                 }
+                (true, Some((Outcome::Event { event, target }, state))) => {
+                    let event = Arc::new(event);
+                    let seq = event.seq;
+                    state.revise(&target);
+                    state.publish(event.clone(), &budget);
+                    state.advance(seq);
+                    Ok(Answer::Event { event, target })
+                }
+                (true, Some((Outcome::Refused(why), _))) => Ok(Answer::Refused(why)),
                 (true, Some((Outcome::Existing { stored, same }, _))) => {
                     Ok(Answer::Existing { stored, same })
                 }

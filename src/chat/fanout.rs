@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::{
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::Message,
+    model::{Kind, Message, View},
     store::{bus::Wake, lock},
 };
 
@@ -44,7 +44,14 @@ pub(super) struct ChatState {
     pub(super) durable: watch::Sender<u64>,
     /// The newest durable messages, contiguous in seq, while streams are open.
     pub(super) recent: Mutex<Recent>,
+    /// Live signals (read, typing, presence) for the streams that opted in
+    /// to events; made when the first such stream opens.
+    pub(super) signals: Mutex<Option<broadcast::Sender<Arc<Message>>>>,
 }
+
+/// Signals a slow event stream may fall behind by before it misses some
+/// (they are ephemeral: a reconnecting client reads state back).
+const SIGNALS: usize = 64;
 
 /// The in-memory window of a chat's newest durable messages.
 pub(super) struct Recent {
@@ -136,6 +143,39 @@ impl ChatState {
         }
     }
 
+    /// Hands a signal to the chat's event streams on this replica, if any.
+    pub(super) fn signal(&self, signal: Arc<Message>) {
+        if let Some(tx) = lock(&self.signals).as_ref() {
+            let _ = tx.send(signal);
+        }
+    }
+
+    /// A receiver of the chat's signals.
+    pub(super) fn signals(&self) -> broadcast::Receiver<Arc<Message>> {
+        lock(&self.signals)
+            .get_or_insert_with(|| broadcast::Sender::new(SIGNALS))
+            .subscribe()
+    }
+
+    /// Puts the new version of an edited or deleted message in the recent
+    /// window, if it holds the message, so that streams reading from the
+    /// window see what the store would return.
+    pub(super) fn revise(&self, message: &Message) {
+        let mut recent = lock(&self.recent);
+        let Some(front) = recent.messages.front().map(|m| m.seq) else {
+            return;
+        };
+        if let Some(slot) = message
+            .seq
+            .checked_sub(front)
+            .and_then(|i| recent.messages.get_mut(i as usize))
+        {
+            if slot.seq == message.seq {
+                *slot = Arc::new(message.clone());
+            }
+        }
+    }
+
     /// Raises the durable seq (never lowers it), waking live streams. Every
     /// seq up to it must be durable: a store commits a chat's seqs in order.
     pub(super) fn advance(&self, seq: u64) {
@@ -158,6 +198,15 @@ impl Chats {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(follow_loop(self.clone(), wakes, stopped));
         Follower { stop, task }
+    }
+
+    /// Hands a signal from another replica to this one's streams of its
+    /// chat (if this replica has the chat in memory, it may have streams).
+    fn remote_signal(&self, signal: Message) {
+        let state = lock(&self.shared.live).chats.get(&signal.chat).cloned();
+        if let Some(state) = state {
+            state.signal(Arc::new(signal));
+        }
     }
 
     /// Reads what other replicas committed to `chat` up to `seq`, and publishes it.
@@ -209,12 +258,18 @@ async fn follow_loop(
 ) {
     let mut timer = tokio::time::interval(RESYNC_EVERY);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(super::presence::HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received = Vec::new();
     loop {
         let mut resync = false;
         tokio::select! {
             n = wakes.recv_many(&mut received, 4096) => if n == 0 { return },
             _ = timer.tick() => resync = true,
+            _ = heartbeat.tick() => {
+                chats.heartbeat().await;
+                continue;
+            }
             _ = &mut stop => return,
         }
         // Newest seq per chat: many wake-ups for one chat cost one read.
@@ -227,6 +282,14 @@ async fn follow_loop(
                     *w = (*w).max(seq);
                 }
                 Wake::Resync => resync = true,
+                Wake::Signal(replica, signal) if replica != chats.shared.store.replica() => {
+                    match signal.kind {
+                        Kind::Join | Kind::Leave => chats.remote_presence(replica, &signal),
+                        _ => chats.remote_signal(signal),
+                    }
+                }
+                // This replica's own, heard back.
+                Wake::Signal(..) => {}
             }
         }
         let followed: Vec<Arc<ChatState>> = {
@@ -285,6 +348,14 @@ pub struct Subscription {
     /// caller may still hold (a client that stops reading pins it); given
     /// back when the next batch is asked for.
     pub(super) lease: Option<Lease>,
+    /// What of the log it hands out: messages only, or (opted in) events
+    /// and tombstones too.
+    pub(super) view: View,
+    /// The chat's live signals, for a stream that opted in to events.
+    pub(super) signals: Option<broadcast::Receiver<Arc<Message>>>,
+    /// Counts the stream towards its user's presence (with `--presence`)
+    /// until it is dropped.
+    pub(super) _present: Option<super::Present>,
 }
 
 impl Subscription {
@@ -321,9 +392,14 @@ impl Subscription {
             }
             let durable = *self.durable.borrow_and_update();
             if self.next <= durable {
-                let (batch, lease) = self.read(durable).await?;
+                let (mut batch, lease) = self.read(durable).await?;
                 if let Some(last) = batch.last() {
                     self.next = last.seq + 1;
+                    batch.retain(|m| m.shown(self.view));
+                    if batch.is_empty() {
+                        // Only what this stream does not show: read on.
+                        continue;
+                    }
                     self.lease = Some(lease);
                     return Ok(batch);
                 }
@@ -331,12 +407,18 @@ impl Subscription {
                 // (a read replica behind, say): wait for the next change.
             }
             let expires = self.expires;
+            let signals = self.signals.as_mut();
             tokio::select! {
                 // The sender lives in the chat state we hold: never closed.
                 _ = self.durable.changed() => {}
                 _ = self.closing.changed() => {}
                 // Checked at the top of the loop.
                 () = tokio::time::sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {}
+                signal = next_signal(signals) => {
+                    if let Some(signal) = signal {
+                        return Ok(vec![signal]);
+                    }
+                }
             }
         }
     }
@@ -450,6 +532,22 @@ impl Drop for Subscription {
         // (A stream opening meanwhile finds it empty and reads the store.)
         if self.chat.durable.receiver_count() <= 1 {
             lock(&self.chat.recent).clear();
+        }
+    }
+}
+
+/// The next signal of the chat; never resolves without a receiver. A stream that fell behind skips what it
+/// missed: signals are ephemeral.
+async fn next_signal(rx: Option<&mut broadcast::Receiver<Arc<Message>>>) -> Option<Arc<Message>> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(signal) => return Some(signal),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            // The sender lives in the chat state the stream holds.
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
         }
     }
 }

@@ -2,7 +2,11 @@
 //! the memory budget until it has been sent.
 
 use super::{acting_for, invalid, Caller, Chats};
-use crate::{chat::budget::Lease, error::Result, model::Message};
+use crate::{
+    chat::budget::Lease,
+    error::Result,
+    model::{Message, View},
+};
 
 /// One History page, oldest first, with its lease on the memory budget:
 /// keep the page (or the lease) until the response has been sent.
@@ -19,7 +23,8 @@ pub struct HistoryPage {
 
 impl Chats {
     /// One page of a chat's history (see `History` in the proto): at most
-    /// `limit` (or `--history-page`) messages and `--history-page-bytes`.
+    /// `limit` (or `--history-page`) entries that `view` shows and
+    /// `--history-page-bytes`.
     /// With a verified `caller`, a members-only chat is readable by its
     /// members (and services) only.
     ///
@@ -32,6 +37,7 @@ impl Chats {
         limit: u32,
         before_seq: Option<u64>,
         after_seq: Option<u64>,
+        view: View,
         caller: Caller<'_>,
     ) -> Result<HistoryPage> {
         if chat_id.is_empty() {
@@ -61,13 +67,15 @@ impl Chats {
         let largest = limits.max_message_bytes + 2 * limits.max_id_bytes + 64;
         let wanted = limits.history_page_bytes.min(limit.saturating_mul(largest));
         let lease = self.shared.budget.lease(wanted).await?;
-        let page =
-            Box::pin(
-                self.shared
-                    .store
-                    .page(&chat.id, before_seq, after_seq, limit, lease.bytes()),
-            )
-            .await?;
+        let page = Box::pin(self.shared.store.page(
+            &chat.id,
+            before_seq,
+            after_seq,
+            limit,
+            lease.bytes(),
+            view,
+        ))
+        .await?;
         let mut page = HistoryPage {
             messages: page.messages,
             has_more: page.has_more,

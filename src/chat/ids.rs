@@ -47,6 +47,24 @@ pub(crate) const CONNECT_IDS: ChatIdErrors = ChatIdErrors {
     too_long: "chat.Connect.ChatIDTooLong",
 };
 
+/// The chat_id checks of the RPCs that came with events and read state.
+macro_rules! chat_id_errors {
+    ($($name:ident = $rpc:literal;)*) => {$(
+        pub(crate) const $name: ChatIdErrors = ChatIdErrors {
+            not_found: concat!("chat.", $rpc, ".InvalidChatID"),
+            too_long: concat!("chat.", $rpc, ".ChatIDTooLong"),
+        };
+    )*};
+}
+chat_id_errors! {
+    EDIT_IDS = "Edit";
+    DELETE_IDS = "Delete";
+    MARK_READ_IDS = "MarkRead";
+    READ_STATE_IDS = "ReadState";
+    PRESENCE_IDS = "Presence";
+    TYPING_IDS = "Typing";
+}
+
 /// The longest chat id looked at (a UUID is 36 characters).
 const MAX_CHAT_ID: usize = 64;
 

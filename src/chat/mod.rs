@@ -35,20 +35,24 @@ use crate::{
     auth::Identity,
     error::{Error, Result},
     metrics::Metrics,
-    model::{Append, ChatRecord, Message},
+    model::{Append, ChatRecord, Message, View},
     store::{lock, Store},
 };
 
 pub mod budget;
 mod commit;
+mod events;
 mod fanout;
 mod history;
 mod ids;
+mod inbox;
+mod presence;
 pub mod rate;
 
 use budget::Budget;
 pub use commit::Committer;
 use commit::{commit_loop, wait_commit, Answer, Commit};
+pub use events::{Change, Changed};
 use fanout::{ChatState, Recent};
 pub use fanout::{Follower, Subscription};
 pub use history::HistoryPage;
@@ -56,6 +60,8 @@ use ids::{
     check_id, forbidden_in_id, forbidden_why, parse_chat_id, ChatIdErrors, CONNECT_IDS, SEND_IDS,
 };
 pub(crate) use ids::{shown, HISTORY_IDS};
+pub use inbox::Inbox;
+pub use presence::Present;
 
 /// The verified caller of a request (`None` with `--auth none`).
 pub type Caller<'a> = Option<&'a Identity>;
@@ -85,6 +91,10 @@ pub struct Limits {
     pub rate_limit_send: f64,
     /// New chats a minute per caller (0: no limit).
     pub rate_limit_new: f64,
+    /// Track who is present (`--presence`).
+    pub presence: bool,
+    /// Relay typing signals (`--typing`).
+    pub typing: bool,
 }
 
 impl Default for Limits {
@@ -101,6 +111,8 @@ impl Default for Limits {
             budget_wait: std::time::Duration::from_secs(10),
             rate_limit_send: 0.0,
             rate_limit_new: 0.0,
+            presence: true,
+            typing: true,
         }
     }
 }
@@ -142,6 +154,7 @@ struct Shared {
     /// What stream batches, pages being sent and windows may hold.
     budget: Budget,
     rate: rate::RateLimits,
+    presence: presence::PresenceState,
 }
 
 struct Live {
@@ -158,6 +171,7 @@ impl Chats {
         let metrics = Arc::new(Metrics::default());
         let budget = Budget::new(limits.memory_budget, limits.budget_wait, metrics.clone());
         let rate = rate::RateLimits::new(limits.rate_limit_send, limits.rate_limit_new);
+        let presence = presence::PresenceState::new(limits.presence, limits.typing);
         let shared = Arc::new(Shared {
             store,
             limits,
@@ -172,6 +186,7 @@ impl Chats {
             metrics,
             budget,
             rate,
+            presence,
         });
         let task = tokio::spawn(commit_loop(
             shared.store.clone(),
@@ -243,9 +258,11 @@ impl Chats {
         let mut members = user_ids;
         members.sort_unstable();
         members.dedup();
+        let created_us = now_us();
         let record = ChatRecord {
             members,
-            created_at: now(),
+            created_at: created_us / 1_000_000,
+            created_us,
         };
         let chat = self
             .shared
@@ -347,7 +364,8 @@ impl Chats {
                 sent_at: now(),
                 subject: draft.subject,
                 text: draft.text,
-                seq: 0,
+                at_us: now_us(),
+                ..Message::default()
             },
             dedupe,
         };
@@ -368,7 +386,7 @@ impl Chats {
                 self.shared.metrics.idempotent_replays.inc();
                 Ok(Arc::new(stored))
             }
-            Answer::Durable => Err(Error::Unavailable(
+            Answer::Durable | Answer::Event { .. } | Answer::Refused(_) => Err(Error::Unavailable(
                 "the message was not committed; retry with the same client_id".into(),
             )),
         }
@@ -387,6 +405,7 @@ impl Chats {
         chat_id: &str,
         user_id: &str,
         since_seq: Option<u64>,
+        events: bool,
         caller: Caller<'_>,
     ) -> Result<Subscription> {
         let user_id = match caller {
@@ -443,10 +462,10 @@ impl Chats {
             ));
         }
         let next = since_seq.unwrap_or(last).saturating_add(1);
+        let present = self.join(&chat, user_id).await;
         self.shared.metrics.streams_open.inc();
         Ok(Subscription {
             chats: self.clone(),
-            chat,
             user_id: user_id.to_owned(),
             next,
             durable,
@@ -455,6 +474,10 @@ impl Chats {
                 .and_then(Identity::expires_in)
                 .map(|d| tokio::time::Instant::now() + d),
             lease: None,
+            view: if events { View::ALL } else { View::MESSAGES },
+            signals: events.then(|| chat.signals()),
+            _present: present,
+            chat,
         })
     }
 
@@ -510,6 +533,7 @@ impl Chats {
             members: record.members,
             durable: watch::Sender::new(last),
             recent: Mutex::new(Recent::new(self.shared.budget.empty())),
+            signals: Mutex::new(None),
         });
         if live.chats.len() >= live.sweep_at {
             // Forget chats nobody holds; grow the threshold so that a map
@@ -603,6 +627,42 @@ fn acting_for(service: &Identity, method: &str, on_behalf_of: &str) {
     );
 }
 
+/// Who a request acts as: `user_id`, or the verified caller when it is
+/// empty. A caller may act as itself only, unless it is a service (logged).
+///
+/// # Errors
+/// `PermissionDenied` (`wrong_user`) for a user acting as another.
+fn acting_as(
+    caller: Caller<'_>,
+    user_id: &str,
+    method: &str,
+    wrong_user: &'static str,
+) -> Result<String> {
+    match caller {
+        Some(who) if user_id.is_empty() => Ok(who.user.clone()),
+        Some(who) if user_id != who.user && who.service => {
+            acting_for(who, method, user_id);
+            Ok(user_id.to_owned())
+        }
+        Some(who) if user_id != who.user => Err(Error::PermissionDenied(
+            wrong_user,
+            format!(
+                "user {} may not act as {}; leave user_id empty or set it to yourself",
+                shown(&who.user),
+                shown(user_id)
+            ),
+        )),
+        _ => Ok(user_id.to_owned()),
+    }
+}
+
+/// Now, in microseconds since the epoch.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -625,7 +685,7 @@ mod tests {
     }
 
     fn stored(rt: &tokio::runtime::Runtime, chats: &Chats, chat: &str) -> usize {
-        rt.block_on(chats.history(chat, 0, None, None, None))
+        rt.block_on(chats.history(chat, 0, None, None, View::MESSAGES, None))
             .map_or(0, |p| p.messages.len())
     }
 

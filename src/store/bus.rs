@@ -21,10 +21,58 @@ use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::pgconn::Target;
-use crate::metrics::Metrics;
+use crate::{
+    metrics::Metrics,
+    model::{Kind, Message},
+};
 
-/// The NOTIFY channel.
+/// The NOTIFY channel of committed messages.
 pub const CHANNEL: &str = "chat_messages";
+/// The NOTIFY channel of presence heartbeats: who is present on a replica.
+pub const PRESENCE: &str = "chat_presence";
+
+/// Heartbeat payloads: the replica id, then `chat user` per line (user ids
+/// hold no control characters), as many as stay under the payload limit.
+pub fn encode_heartbeat(replica: u64, present: &[(Uuid, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut payload = String::new();
+    for (chat, user) in present {
+        let line = format!("\n{chat} {user}");
+        if !payload.is_empty() && payload.len() + line.len() > PAYLOAD_MAX {
+            out.push(std::mem::take(&mut payload));
+        }
+        if payload.is_empty() {
+            payload = replica.to_string();
+        }
+        payload.push_str(&line);
+    }
+    if !payload.is_empty() {
+        out.push(payload);
+    }
+    out
+}
+
+/// The replica and (chat, user) entries of a heartbeat payload, as joins.
+pub fn decode_heartbeat(payload: &str) -> Option<(u64, Vec<Message>)> {
+    let mut lines = payload.split('\n');
+    let replica = lines.next()?.parse().ok()?;
+    let joins = lines
+        .filter_map(|line| {
+            let (chat, user) = line.split_once(' ')?;
+            Some(Message {
+                chat: Uuid::try_parse(chat).ok()?,
+                user_id: user.to_owned(),
+                kind: Kind::Join,
+                ..Message::default()
+            })
+        })
+        .collect();
+    Some((replica, joins))
+}
+
+/// The NOTIFY channel of live signals (read, typing, presence): never
+/// stored, one notification each, outside any message transaction.
+pub const SIGNALS: &str = "chat_signals";
 /// Payload bytes per notification, under PostgreSQL's 8,000.
 const PAYLOAD_MAX: usize = 7_000;
 
@@ -35,6 +83,50 @@ pub enum Wake {
     Chat(Uuid, u64),
     /// Anything may have been missed: compare every followed chat with the store.
     Resync,
+    /// A live signal from the replica with this id.
+    Signal(u64, Message),
+}
+
+/// A signal's payload: `"replica chat kind target user"` (the user id last:
+/// it may hold spaces).
+pub fn encode_signal(replica: u64, signal: &Message) -> String {
+    format!(
+        "{replica} {} {} {} {}",
+        signal.chat,
+        signal.kind.number(),
+        signal.target,
+        signal.user_id
+    )
+}
+
+/// The replica and signal of a payload; `None` if it is malformed.
+pub fn decode_signal(payload: &str) -> Option<(u64, Message)> {
+    let mut parts = payload.splitn(5, ' ');
+    let replica = parts.next()?.parse().ok()?;
+    let chat = Uuid::try_parse(parts.next()?).ok()?;
+    let kind = match parts.next()?.parse().ok()? {
+        3 => Kind::Read,
+        4 => Kind::Typing,
+        5 => Kind::Join,
+        6 => Kind::Leave,
+        _ => return None,
+    };
+    let target = parts.next()?.parse().ok()?;
+    let user_id = parts.next()?.to_owned();
+    let sent_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    Some((
+        replica,
+        Message {
+            chat,
+            kind,
+            target,
+            user_id,
+            sent_at,
+            ..Message::default()
+        },
+    ))
 }
 
 /// Payloads for a group's (chat, last seq) pairs: `"chat:seq chat:seq …"`,
@@ -107,15 +199,34 @@ async fn listen(
             let driver = tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 while let Some(m) = messages.next().await {
-                    if let AsyncMessage::Notification(n) = m? {
-                        for (chat, seq) in decode(n.payload()) {
-                            let _ = forward.send(Wake::Chat(chat, seq));
+                    match m? {
+                        AsyncMessage::Notification(n) if n.channel() == PRESENCE => {
+                            if let Some((replica, joins)) = decode_heartbeat(n.payload()) {
+                                for join in joins {
+                                    let _ = forward.send(Wake::Signal(replica, join));
+                                }
+                            }
                         }
+                        AsyncMessage::Notification(n) if n.channel() == SIGNALS => {
+                            if let Some((replica, signal)) = decode_signal(n.payload()) {
+                                let _ = forward.send(Wake::Signal(replica, signal));
+                            }
+                        }
+                        AsyncMessage::Notification(n) => {
+                            for (chat, seq) in decode(n.payload()) {
+                                let _ = forward.send(Wake::Chat(chat, seq));
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Ok::<_, tokio_postgres::Error>(())
             });
-            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            client
+                .batch_execute(&format!(
+                    "LISTEN {CHANNEL}; LISTEN {SIGNALS}; LISTEN {PRESENCE}"
+                ))
+                .await?;
             metrics.bus_connected.set(1);
             tracing::info!("listening for other replicas' messages");
             // Whatever was committed while not listening.

@@ -27,7 +27,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use crate::model::{Append, ChatRecord, Message, Outcome};
+use crate::model::{Append, ChatRecord, InboxEntry, Message, Outcome, ReadMark, Refusal, View};
 
 /// What can go wrong in a store. Every variant is worth a retry by the
 /// client (the chat logic answers UNAVAILABLE), except that a corrupt value
@@ -73,6 +73,11 @@ pub enum Staged {
     Existing { stored: Message, same: bool },
     /// Nothing done yet: the commit appends it (PostgreSQL).
     Deferred(Append),
+    /// An edit or delete event written under its seq with its message
+    /// rewritten, not yet durable (sled).
+    Event { event: Message, target: Message },
+    /// An edit or delete refused; nothing written (sled).
+    Refused(Refusal),
 }
 
 /// What [`Store::commit`] made of a group: the outcomes of the messages it
@@ -191,9 +196,10 @@ impl Store {
         }
     }
 
-    /// One History page of at most `limit` messages and `max_bytes` (as
-    /// [`Store::read`]): with `after`, the first ones after it; else the
-    /// newest ones, before `before` if set. Oldest first either way.
+    /// One History page of at most `limit` entries that `view` shows and
+    /// `max_bytes` (as [`Store::read`]): with `after`, the first ones after
+    /// it; else the newest ones, before `before` if set. Oldest first
+    /// either way.
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -204,10 +210,63 @@ impl Store {
         after: Option<u64>,
         limit: usize,
         max_bytes: usize,
+        view: View,
     ) -> Result<Page> {
         match self {
-            Store::Sled(s) => s.page(chat, before, after, limit, max_bytes),
-            Store::Postgres(p) => p.page(chat, before, after, limit, max_bytes).await,
+            Store::Sled(s) => s.page(chat, before, after, limit, max_bytes, view),
+            Store::Postgres(p) => p.page(chat, before, after, limit, max_bytes, view).await,
+        }
+    }
+
+    /// Up to `limit` of `user`'s chats, most recently active first, after
+    /// the cursor (active µs, chat) of the last one of the previous page.
+    /// Costs a read of each of the user's chats' counters (no write per
+    /// message per recipient keeps an order per user).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn inbox(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        match self {
+            Store::Sled(s) => s.inbox(user, after, limit),
+            Store::Postgres(p) => p.inbox(user, after, limit).await,
+        }
+    }
+
+    /// Moves `user`'s read position in `chat` forward to `seq`, capped to
+    /// the chat's last durable seq; the position now and the chat's
+    /// message count. Durable when it
+    /// returns on PostgreSQL, with the next commit on sled.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<(ReadMark, u64)> {
+        match self {
+            Store::Sled(s) => s
+                .mark_read(user, chat, seq)
+                .inspect_err(|_| s.write_failed()),
+            Store::Postgres(p) => p.mark_read(user, chat, seq).await,
+        }
+    }
+
+    /// The read positions of `users` in `chat` (of its posters if none
+    /// are given), at most `limit`.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn read_marks(
+        &self,
+        chat: &Uuid,
+        users: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, ReadMark)>> {
+        match self {
+            Store::Sled(s) => s.read_marks(chat, users, limit),
+            Store::Postgres(p) => p.read_marks(chat, users, limit).await,
         }
     }
 
@@ -246,6 +305,37 @@ impl Store {
         match self {
             Store::Sled(s) => s.import_messages(messages),
             Store::Postgres(p) => p.import_messages(messages).await,
+        }
+    }
+
+    /// Tells the other replicas of a live signal (nothing to do on sled:
+    /// one process).
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn notify(&self, signal: &Message) -> Result<()> {
+        match self {
+            Store::Sled(_) => Ok(()),
+            Store::Postgres(p) => p.notify(signal).await,
+        }
+    }
+
+    /// Tells the other replicas who is present on this one.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn heartbeat(&self, present: &[(Uuid, String)]) -> Result<()> {
+        match self {
+            Store::Sled(_) => Ok(()),
+            Store::Postgres(p) => p.heartbeat(present).await,
+        }
+    }
+
+    /// This replica's id on the bus (0 on sled).
+    pub fn replica(&self) -> u64 {
+        match self {
+            Store::Sled(_) => 0,
+            Store::Postgres(p) => p.replica(),
         }
     }
 

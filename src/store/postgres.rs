@@ -25,6 +25,36 @@
 //! CREATE TABLE chat_schema (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
 //! ```
 //!
+//! # Schema (migration 2: events, read state, inbox)
+//!
+//! ```sql
+//! ALTER TABLE messages                     -- the log: messages and their edit/delete events
+//!     ADD kind smallint NOT NULL DEFAULT 0,       -- 0 message, 1 edit, 2 delete
+//!     ADD target_seq bigint NOT NULL DEFAULT 0,   -- an event's message
+//!     ADD edited_at bigint NOT NULL DEFAULT 0,
+//!     ADD deleted boolean NOT NULL DEFAULT false, -- subject and text cleared
+//!     ADD n bigint NOT NULL DEFAULT 0,            -- messages up to this entry (unread counts)
+//!     ADD original bytea;                         -- digest of the first content, once changed
+//! CREATE INDEX messages_events ON messages (chat_id, target_seq) WHERE kind <> 0;  -- a delete finds its edits
+//! CREATE INDEX messages_shown ON messages (chat_id, seq) WHERE kind = 0 AND NOT deleted; -- History's default view, previews
+//! ALTER TABLE chats
+//!     ADD n bigint NOT NULL DEFAULT 0,            -- messages in the log
+//!     ADD active_us bigint NOT NULL DEFAULT 0,    -- creation or last entry: inbox order
+//!     ADD last_message bigint NOT NULL DEFAULT 0; -- the newest message's seq
+//! CREATE TABLE chat_members (              -- the inbox and read positions
+//!     user_id text NOT NULL, chat_id uuid NOT NULL,
+//!     read_seq bigint NOT NULL DEFAULT 0, read_n bigint NOT NULL DEFAULT 0,
+//!     PRIMARY KEY (user_id, chat_id)       -- one user's chats: one index range
+//! );
+//! CREATE INDEX chat_members_chat ON chat_members (chat_id, user_id);  -- ReadState
+//! ```
+//!
+//! Rows are written per group and per chat, never per recipient: a group
+//! moves each chat's counters once and each sender's read position once;
+//! an unread count is `chats.n - chat_members.read_n`. Edits and deletes
+//! run in a transaction of their own ([`PgStore::commit`] keeps the
+//! group's order), holding the chat's counter row like a group.
+//!
 //! Every key of per-chat data starts with `chat_id`, so `chats` and
 //! `messages` can be distributed by it (Citus, or hash partitions) without a
 //! redesign; `member_sets` is keyed by its digest and can be distributed by
@@ -50,12 +80,9 @@
 //! send burns no number. The unique index makes a duplicate impossible even
 //! if the lookup were wrong.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use futures_util::future::{try_join3, try_join4};
+use futures_util::future::{try_join3, try_join5};
 use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
 
@@ -64,15 +91,19 @@ use super::{
     pgconn::{self, PgOptions, Target},
     Committed, Page, Result, Staged, StoreError,
 };
-use crate::model::{member_set_key, Append, ChatRecord, Message, Outcome};
+use crate::model::{
+    content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Message, Outcome,
+    ReadMark, Refusal, View,
+};
 
 /// The schema's migrations, in order. Expand-then-contract: a migration only
 /// adds (tables, nullable columns, indexes), so replicas of this version and
 /// the previous one can share the schema during a rolling upgrade; what a
 /// later version stops using is dropped a release after.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "chats, member sets, messages",
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "chats, member sets, messages",
     "CREATE TABLE chats (
         chat_id uuid PRIMARY KEY,
         members text[] NOT NULL,
@@ -95,24 +126,72 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
         PRIMARY KEY (chat_id, seq)
     );
     CREATE UNIQUE INDEX messages_dedupe ON messages (chat_id, user_id, client_id);",
-)];
+    ),
+    (
+        2,
+        "events, read state, inbox",
+        "ALTER TABLE messages
+        ADD kind smallint NOT NULL DEFAULT 0,
+        ADD target_seq bigint NOT NULL DEFAULT 0,
+        ADD edited_at bigint NOT NULL DEFAULT 0,
+        ADD deleted boolean NOT NULL DEFAULT false,
+        ADD n bigint NOT NULL DEFAULT 0,
+        ADD original bytea;
+    -- Before events every entry was a message: the count is the seq.
+    UPDATE messages SET n = seq;
+    CREATE INDEX messages_events ON messages (chat_id, target_seq) WHERE kind <> 0;
+    CREATE INDEX messages_shown ON messages (chat_id, seq) WHERE kind = 0 AND NOT deleted;
+    ALTER TABLE chats
+        ADD n bigint NOT NULL DEFAULT 0,
+        ADD active_us bigint NOT NULL DEFAULT 0,
+        ADD last_message bigint NOT NULL DEFAULT 0;
+    UPDATE chats SET n = last_seq, last_message = last_seq,
+        active_us = 1000000 * greatest(created_at, coalesce(
+            (SELECT sent_at FROM messages m WHERE m.chat_id = chats.chat_id AND m.seq = chats.last_seq), 0));
+    CREATE TABLE chat_members (
+        user_id text NOT NULL,
+        chat_id uuid NOT NULL,
+        read_seq bigint NOT NULL DEFAULT 0,
+        read_n bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, chat_id)
+    );
+    CREATE INDEX chat_members_chat ON chat_members (chat_id, user_id);
+    INSERT INTO chat_members (user_id, chat_id)
+        SELECT unnest(members), chat_id FROM chats WHERE members <> '{}';
+    INSERT INTO chat_members (user_id, chat_id)
+        SELECT DISTINCT m.user_id, m.chat_id FROM messages m JOIN chats c USING (chat_id)
+        WHERE c.members = '{}'
+        ON CONFLICT DO NOTHING;",
+    ),
+];
 
 /// Held while migrating, so that replicas starting at once do not race.
 const MIGRATION_LOCK: i64 = 0x6368_6174_5f6d_6967; // "chat_mig"
 
 /// The columns of a message row, in the order [`message`] reads them.
-const MESSAGE_COLUMNS: &str = "chat_id, seq, id, user_id, client_id, sent_at, subject, text";
+const MESSAGE_COLUMNS: &str = "chat_id, seq, id, user_id, client_id, sent_at, subject, text, \
+     kind, target_seq, edited_at, deleted, n, original";
 
-/// A query for the messages `filter` selects in `order`, at most `limit`
+/// The preview columns of an inbox row: [`MESSAGE_COLUMNS`] of `p`.
+const PREVIEW_COLUMNS: &str = "p.chat_id, p.seq, p.id, p.user_id, p.client_id, p.sent_at, \
+     p.subject, p.text, p.kind, p.target_seq, p.edited_at, p.deleted, p.n, p.original";
+
+/// The columns a group inserts for a message (the rest keep their defaults).
+const INSERT_COLUMNS: &str = "chat_id, seq, id, user_id, client_id, sent_at, subject, text, \
+     kind, target_seq, edited_at, deleted, n, original";
+
+/// A query for the log entries `filter` selects in `order`, at most `limit`
 /// of them and, but for the first, at most `max_bytes` of weight (the
 /// running sum of `model::Message::weight`, computed here in SQL), so
 /// that a page of large messages is cut in the database, not after it has
 /// been sent over. The window runs in index order under the LIMIT: no more
-/// than `limit` rows are read.
+/// than `limit` rows are read. Each row also carries how many the LIMIT
+/// let through (`taken`), so a caller knows whether the byte cut dropped any.
 fn within_bytes(filter: &str, order: &str, limit: &str, max_bytes: &str) -> String {
     format!(
-        "SELECT {MESSAGE_COLUMNS} FROM (
-           SELECT {MESSAGE_COLUMNS}, w, sum(w) OVER (ORDER BY {order}) AS upto FROM (
+        "SELECT {MESSAGE_COLUMNS}, taken FROM (
+           SELECT {MESSAGE_COLUMNS}, w, sum(w) OVER (ORDER BY {order}) AS upto,
+                  count(*) OVER () AS taken FROM (
              SELECT {MESSAGE_COLUMNS}, octet_length(subject) + octet_length(text)
                     + octet_length(client_id) + octet_length(user_id) + 64 AS w
              FROM messages WHERE {filter} ORDER BY {order} LIMIT {limit}
@@ -122,11 +201,24 @@ fn within_bytes(filter: &str, order: &str, limit: &str, max_bytes: &str) -> Stri
     )
 }
 
+/// The condition that selects what `view` shows, as literals so that the
+/// planner can use the partial index of the default view.
+fn shown(view: View) -> &'static str {
+    match (view.events, view.deleted) {
+        (false, false) => " AND kind = 0 AND NOT deleted",
+        (false, true) => " AND kind = 0",
+        (true, false) => " AND NOT deleted",
+        (true, true) => "",
+    }
+}
+
 /// Handle to the database. Cloning is cheap (the pool is reference-counted).
 #[derive(Clone)]
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
     batch_max: usize,
+    /// This replica's id on the bus (random), so that it skips its own signals.
+    replica: u64,
 }
 
 /// The schema's state, for `chat migrate`.
@@ -152,6 +244,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             batch_max: opts.batch_max.max(1),
+            replica: rand_replica(),
         };
         let deadline = tokio::time::Instant::now() + opts.connect_timeout;
         let mut backoff = Duration::from_millis(100);
@@ -190,6 +283,7 @@ impl PgStore {
         Ok(PgStore {
             pool: pgconn::pool(&target, opts.pool_size, opts.statement_timeout)?,
             batch_max: opts.batch_max.max(1),
+            replica: rand_replica(),
         })
     }
 
@@ -279,6 +373,7 @@ impl PgStore {
             .map(|row| ChatRecord {
                 members: row.get(0),
                 created_at: row.get(1),
+                created_us: row.get::<_, i64>(1).saturating_mul(1_000_000),
             }))
     }
 
@@ -311,8 +406,13 @@ impl PgStore {
             }
         }
         tx.execute(
-            "INSERT INTO chats (chat_id, members, created_at) VALUES ($1, $2, $3)",
-            &[&id, &record.members, &record.created_at],
+            "INSERT INTO chats (chat_id, members, created_at, active_us) VALUES ($1, $2, $3, $4)",
+            &[&id, &record.members, &record.created_at, &record.created_us],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO chat_members (user_id, chat_id) SELECT unnest($1::text[]), $2",
+            &[&record.members, &id],
         )
         .await?;
         tx.commit().await?;
@@ -329,7 +429,9 @@ impl PgStore {
             match staged {
                 Staged::Deferred(a) => appends.push(a),
                 // Not made by this backend's stage.
-                Staged::Written(m) | Staged::Existing { stored: m, .. } => {
+                Staged::Written(m)
+                | Staged::Existing { stored: m, .. }
+                | Staged::Event { event: m, .. } => {
                     return Committed {
                         outcomes,
                         failed: Some(StoreError::Postgres(format!(
@@ -338,12 +440,29 @@ impl PgStore {
                         ))),
                     }
                 }
+                Staged::Refused(why) => outcomes.push(Outcome::Refused(why)),
             }
         }
         let mut rest = appends.into_iter().peekable();
-        while rest.peek().is_some() {
-            let group: Vec<Append> = rest.by_ref().take(self.batch_max).collect();
-            match self.commit_group(group).await {
+        while let Some(next) = rest.peek() {
+            // Messages in groups; an edit or delete, in order, on its own.
+            let done = match next.message.kind {
+                Kind::Message => {
+                    let mut group = Vec::new();
+                    while let Some(a) = rest.next_if(|a| a.message.kind == Kind::Message) {
+                        group.push(a);
+                        if group.len() == self.batch_max {
+                            break;
+                        }
+                    }
+                    self.commit_group(group).await
+                }
+                _ => match rest.next() {
+                    Some(event) => self.commit_event(event).await.map(|o| vec![o]),
+                    None => Ok(Vec::new()),
+                },
+            };
+            match done {
                 Ok(done) => outcomes.extend(done),
                 Err(e) => {
                     return Committed {
@@ -364,7 +483,7 @@ impl PgStore {
         let statements = GroupStatements {
             lock: client
                 .prepare_cached(
-                    "SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1)
+                    "SELECT chat_id, last_seq, n FROM chats WHERE chat_id = ANY($1)
                      ORDER BY chat_id FOR UPDATE",
                 )
                 .await?,
@@ -378,9 +497,20 @@ impl PgStore {
             insert: client.prepare_cached(&insert_messages()).await?,
             bump: client
                 .prepare_cached(
-                    "UPDATE chats SET last_seq = v.last
-                     FROM unnest($1::uuid[], $2::int8[]) AS v(chat_id, last)
+                    "UPDATE chats SET last_seq = v.last, n = v.n, active_us = v.at,
+                        last_message = v.last
+                     FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[])
+                        AS v(chat_id, last, n, at)
                      WHERE chats.chat_id = v.chat_id",
+                )
+                .await?,
+            read: client
+                .prepare_cached(
+                    "INSERT INTO chat_members (user_id, chat_id, read_seq, read_n)
+                     SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[])
+                     ON CONFLICT (user_id, chat_id) DO UPDATE
+                     SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
+                     WHERE chat_members.read_seq < EXCLUDED.read_seq",
                 )
                 .await?,
             notify: client
@@ -418,7 +548,7 @@ impl PgStore {
             .collect())
     }
 
-    /// Committed messages with `first <= seq <= last`, at most `limit`.
+    /// Committed log entries with `first <= seq <= last`, at most `limit`.
     pub async fn read(
         &self,
         chat: &Uuid,
@@ -461,55 +591,39 @@ impl PgStore {
         after: Option<u64>,
         limit: usize,
         max_bytes: usize,
+        view: View,
     ) -> Result<Page> {
         let client = self.pool.get().await?;
-        let max_bytes = max_bytes as i64;
-        match after {
-            Some(after) => {
-                let stmt = client
-                    .prepare_cached(&within_bytes(
-                        "chat_id = $1 AND seq > $2",
-                        "seq",
-                        "$3",
-                        "$4",
-                    ))
-                    .await?;
-                let rows = client
-                    .query(&stmt, &[chat, &db_seq(after), &(limit as i64), &max_bytes])
-                    .await?;
-                let messages: Vec<Message> = rows.iter().map(message).collect();
-                // Whether anything follows the page.
-                let has_more = match messages.last() {
-                    Some(last) => {
-                        let stmt = client
-                            .prepare_cached("SELECT last_seq FROM chats WHERE chat_id = $1")
-                            .await?;
-                        let row = client.query_opt(&stmt, &[chat]).await?;
-                        row.is_some_and(|r| r.get::<_, i64>(0) > db_seq(last.seq))
-                    }
-                    None => false,
-                };
-                Ok(Page { messages, has_more })
-            }
-            None => {
-                let stmt = client
-                    .prepare_cached(&within_bytes(
-                        "chat_id = $1 AND seq < $2",
-                        "seq DESC",
-                        "$3",
-                        "$4",
-                    ))
-                    .await?;
-                let before = before.map_or(i64::MAX, db_seq);
-                let rows = client
-                    .query(&stmt, &[chat, &before, &(limit as i64), &max_bytes])
-                    .await?;
-                let messages: Vec<Message> = rows.iter().rev().map(message).collect();
-                // Seqs are gap-free from 1.
-                let has_more = messages.first().is_some_and(|m| m.seq > 1);
-                Ok(Page { messages, has_more })
-            }
+        let (filter, order, cursor) = match after {
+            Some(after) => ("chat_id = $1 AND seq > $2", "seq", db_seq(after)),
+            None => (
+                "chat_id = $1 AND seq < $2",
+                "seq DESC",
+                before.map_or(i64::MAX, db_seq),
+            ),
+        };
+        let stmt = client
+            .prepare_cached(&within_bytes(
+                &format!("{filter}{}", shown(view)),
+                order,
+                "$3",
+                "$4",
+            ))
+            .await?;
+        // One more than the page: whether more follow.
+        let rows = client
+            .query(
+                &stmt,
+                &[chat, &cursor, &(limit as i64 + 1), &(max_bytes as i64)],
+            )
+            .await?;
+        let taken = rows.first().map_or(0, |r| r.get::<_, i64>(14) as usize);
+        let mut messages: Vec<Message> = rows.iter().take(limit).map(message).collect();
+        let has_more = taken > messages.len();
+        if after.is_none() {
+            messages.reverse();
         }
+        Ok(Page { messages, has_more })
     }
 
     pub async fn chats_after(
@@ -533,6 +647,7 @@ impl PgStore {
                     ChatRecord {
                         members: r.get(1),
                         created_at: r.get(2),
+                        created_us: r.get::<_, i64>(2).saturating_mul(1_000_000),
                     },
                 )
             })
@@ -593,8 +708,13 @@ impl PgStore {
         .await?;
         let last: i64 = tx
             .query_one(
-                "UPDATE chats SET last_seq = GREATEST(last_seq,
-                    (SELECT coalesce(max(seq), 0) FROM messages WHERE chat_id = $1))
+                "UPDATE chats SET last_seq = greatest(last_seq, s.last), n = greatest(chats.n, s.n),
+                    last_message = greatest(last_message, s.newest),
+                    active_us = greatest(active_us, s.at)
+                 FROM (SELECT coalesce(max(seq), 0) AS last, coalesce(max(n), 0) AS n,
+                              coalesce(max(seq) FILTER (WHERE kind = 0), 0) AS newest,
+                              coalesce(max(sent_at), 0) * 1000000 AS at
+                       FROM messages WHERE chat_id = $1) s
                  WHERE chat_id = $1 RETURNING last_seq",
                 &[&chat],
             )
@@ -607,6 +727,290 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores an edit or delete event and rewrites its message, in a
+    /// transaction of its own that holds the chat's counter row (so its seq
+    /// commits in order with the groups); or refuses it, storing nothing.
+    async fn commit_event(&self, append: Append) -> Result<Outcome> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Append {
+            message: mut event,
+            dedupe,
+        } = append;
+        let chat = event.chat;
+        let counters = tx
+            .query_opt(
+                "SELECT last_seq, n FROM chats WHERE chat_id = $1 FOR UPDATE",
+                &[&chat],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Postgres(format!("chat {chat} has no counter row")))?;
+        if dedupe {
+            let found = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages
+                         WHERE chat_id = $1 AND user_id = $2 AND client_id = $3"
+                    ),
+                    &[&chat, &event.user_id, &event.client_id],
+                )
+                .await?;
+            if let Some(row) = found {
+                let stored = message(&row);
+                let same =
+                    stored.kind == event.kind && stored.same_content(&event.subject, &event.text);
+                tx.commit().await?;
+                return Ok(Outcome::Existing { stored, same });
+            }
+        }
+        let target_seq = db_seq(event.target);
+        let target = tx
+            .query_opt(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE chat_id = $1 AND seq = $2 AND kind = 0 FOR UPDATE"
+                ),
+                &[&chat, &target_seq],
+            )
+            .await?
+            .map(|r| message(&r));
+        let refused = match &target {
+            None => Some(Refusal::NoSuchMessage),
+            Some(t) if t.user_id != event.user_id => Some(Refusal::NotTheSender(t.user_id.clone())),
+            Some(t) if t.deleted && event.kind == Kind::Edit => Some(Refusal::Deleted),
+            Some(_) => None,
+        };
+        if let Some(why) = refused {
+            tx.rollback().await?;
+            return Ok(Outcome::Refused(why));
+        }
+        let Some(mut target) = target else {
+            return Ok(Outcome::Refused(Refusal::NoSuchMessage));
+        };
+        event.seq = counters.get::<_, i64>(0) as u64 + 1;
+        event.n = counters.get::<_, i64>(1) as u64;
+        if target.original.is_empty() {
+            target.original = content_digest(&target.subject, &target.text);
+        }
+        match event.kind {
+            Kind::Edit => {
+                target.subject.clone_from(&event.subject);
+                target.text.clone_from(&event.text);
+                target.edited_at = event.sent_at;
+            }
+            _ => {
+                target.subject.clear();
+                target.text.clear();
+                target.deleted = true;
+                // Its edits' text goes too; their digests stay for retries
+                // (the same digest as `content_digest`, computed here).
+                tx.execute(
+                    "UPDATE messages SET original = coalesce(original, sha256(
+                        int8send(octet_length(subject)::int8) || convert_to(subject, 'UTF8')
+                        || convert_to(text, 'UTF8'))),
+                        subject = '', text = '', deleted = true
+                     WHERE chat_id = $1 AND target_seq = $2 AND kind <> 0",
+                    &[&chat, &target_seq],
+                )
+                .await?;
+            }
+        }
+        let out = [Outcome::Stored(event)];
+        let rows = Rows::of(&out);
+        tx.execute(&insert_messages(), &rows.params()).await?;
+        let [Outcome::Stored(event)] = out else {
+            unreachable!("built above")
+        };
+        tx.execute(
+            "UPDATE messages SET subject = $3, text = $4, edited_at = $5, deleted = $6,
+                original = $7
+             WHERE chat_id = $1 AND seq = $2",
+            &[
+                &chat,
+                &target_seq,
+                &target.subject,
+                &target.text,
+                &target.edited_at,
+                &target.deleted,
+                &target.original,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE chats SET last_seq = $2, active_us = $3 WHERE chat_id = $1",
+            &[&chat, &(event.seq as i64), &event.at_us],
+        )
+        .await?;
+        let wake = bus::encode(std::iter::once((&chat, event.seq)));
+        tx.query(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            &[&bus::CHANNEL, &wake],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Outcome::Event { event, target })
+    }
+
+    /// `user`'s inbox (see [`super::Store::inbox`]): one index range of
+    /// `chat_members` joined to the chats' counter rows, the page's
+    /// previews from the partial index of shown messages.
+    pub async fn inbox(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT page.*, {PREVIEW_COLUMNS} FROM (
+                   SELECT c.chat_id, c.members, c.last_seq, c.n - m.read_n, m.read_seq,
+                          c.active_us, c.last_message
+                   FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
+                   WHERE m.user_id = $1 AND ($2::int8 IS NULL OR (c.active_us, c.chat_id) < ($2, $3))
+                   ORDER BY c.active_us DESC, c.chat_id DESC LIMIT $4
+                 ) page
+                 LEFT JOIN LATERAL (
+                   SELECT {MESSAGE_COLUMNS} FROM messages
+                   WHERE chat_id = page.chat_id AND kind = 0 AND NOT deleted
+                     AND seq <= page.last_message
+                   ORDER BY seq DESC LIMIT 1
+                 ) p ON true
+                 ORDER BY page.active_us DESC, page.chat_id DESC"
+            ))
+            .await?;
+        let (at, chat) = after.map_or((None, Uuid::nil()), |(a, c)| (Some(a), c));
+        let rows = client
+            .query(&stmt, &[&user, &at, &chat, &(limit as i64)])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| InboxEntry {
+                chat: r.get(0),
+                members: r.get(1),
+                last_seq: r.get::<_, i64>(2) as u64,
+                unread: r.get::<_, i64>(3).max(0) as u64,
+                read_seq: r.get::<_, i64>(4) as u64,
+                active_us: r.get(5),
+                last_message: r.get::<_, Option<Uuid>>(7).map(|_| message_at(r, 7)),
+            })
+            .collect())
+    }
+
+    /// Moves `user`'s read position in `chat` forward to `seq` (capped to
+    /// the chat's last); the position now.
+    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<(ReadMark, u64)> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "WITH c AS (SELECT least($3, last_seq) AS seq FROM chats WHERE chat_id = $2),
+                 mark AS (SELECT c.seq, coalesce((SELECT n FROM messages
+                            WHERE chat_id = $2 AND seq <= c.seq ORDER BY seq DESC LIMIT 1), 0) AS n
+                          FROM c),
+                 up AS (INSERT INTO chat_members (user_id, chat_id, read_seq, read_n)
+                        SELECT $1, $2, seq, n FROM mark
+                        ON CONFLICT (user_id, chat_id) DO UPDATE
+                        SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
+                        WHERE chat_members.read_seq < EXCLUDED.read_seq
+                        RETURNING read_seq, read_n)
+                 SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2) FROM up
+                 UNION ALL SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2)
+                   FROM chat_members
+                   WHERE user_id = $1 AND chat_id = $2 AND NOT EXISTS (SELECT 1 FROM up)
+                 LIMIT 1",
+                &[&user, chat, &db_seq(seq)],
+            )
+            .await?;
+        let mark = ReadMark {
+            seq: row.get::<_, i64>(0) as u64,
+            n: row.get::<_, i64>(1) as u64,
+        };
+        Ok((mark, row.get::<_, i64>(2) as u64))
+    }
+
+    /// The read positions of `users` in `chat`, or, with none given, of
+    /// everyone with one (an open chat's posters), at most `limit`.
+    pub async fn read_marks(
+        &self,
+        chat: &Uuid,
+        users: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, ReadMark)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT user_id, read_seq, read_n FROM chat_members
+                 WHERE chat_id = $1 AND (cardinality($2::text[]) = 0 OR user_id = ANY($2))
+                 ORDER BY user_id LIMIT $3",
+                &[chat, &users, &(limit as i64)],
+            )
+            .await?;
+        let mut found: HashMap<String, ReadMark> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    ReadMark {
+                        seq: r.get::<_, i64>(1) as u64,
+                        n: r.get::<_, i64>(2) as u64,
+                    },
+                )
+            })
+            .collect();
+        if users.is_empty() {
+            let mut all: Vec<(String, ReadMark)> = found.into_iter().collect();
+            all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            return Ok(all);
+        }
+        Ok(users
+            .iter()
+            .take(limit)
+            .map(|u| (u.clone(), found.remove(u).unwrap_or_default()))
+            .collect())
+    }
+
+    /// A user's read position in a chat (zero if none).
+    pub async fn read_mark(&self, user: &str, chat: &Uuid) -> Result<ReadMark> {
+        let marks = self
+            .read_marks(chat, std::slice::from_ref(&user.to_owned()), 1)
+            .await?;
+        Ok(marks.first().map(|m| m.1).unwrap_or_default())
+    }
+
+    /// This replica's id on the bus.
+    pub fn replica(&self) -> u64 {
+        self.replica
+    }
+
+    /// Tells the other replicas of a live signal (one NOTIFY, in no
+    /// message transaction).
+    pub async fn notify(&self, signal: &Message) -> Result<()> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        client
+            .query(
+                &stmt,
+                &[&bus::SIGNALS, &bus::encode_signal(self.replica, signal)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Tells the other replicas who is present on this one (chunked
+    /// notifications, in no message transaction).
+    pub async fn heartbeat(&self, present: &[(Uuid, String)]) -> Result<()> {
+        let payloads = bus::encode_heartbeat(self.replica, present);
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .await?;
+        client.query(&stmt, &[&bus::PRESENCE, &payloads]).await?;
         Ok(())
     }
 
@@ -630,6 +1034,7 @@ struct GroupStatements {
     find: Statement,
     insert: Statement,
     bump: Statement,
+    read: Statement,
     notify: Statement,
 }
 
@@ -660,7 +1065,11 @@ async fn append_group(
     )
     .await?;
 
-    let mut last: HashMap<Uuid, i64> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Per chat: its last seq and message count.
+    let mut last: HashMap<Uuid, (i64, i64)> = locked
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
     let mut stored: HashMap<(Uuid, String, String), Message> = HashMap::new();
     for row in &found {
         let m = message(row);
@@ -679,18 +1088,19 @@ async fn append_group(
                 message.client_id.clone(),
             );
             if let Some(m) = stored.get(&key) {
-                let same = m.subject == message.subject && m.text == message.text;
+                let same =
+                    m.kind == message.kind && m.same_content(&message.subject, &message.text);
                 out.push(Outcome::Existing {
                     stored: m.clone(),
                     same,
                 });
                 continue;
             }
+            (message.seq, message.n) = next_seq(&mut last, &message.chat)?;
             // A twin later in this same group finds this one.
-            message.seq = next_seq(&mut last, &message.chat)?;
             stored.insert(key, message.clone());
         } else {
-            message.seq = next_seq(&mut last, &message.chat)?;
+            (message.seq, message.n) = next_seq(&mut last, &message.chat)?;
         }
         out.push(Outcome::Stored(message));
     }
@@ -699,16 +1109,34 @@ async fn append_group(
         client.batch_execute("COMMIT").await?;
         return Ok(out);
     }
-    let touched: HashSet<&Uuid> = rows.chat.iter().collect();
-    let (chat_ids, lasts): (Vec<Uuid>, Vec<i64>) = chats
-        .iter()
-        .filter(|c| touched.contains(c))
-        .map(|c| (*c, last[c]))
-        .unzip();
-    let wake = bus::encode(chat_ids.iter().zip(lasts.iter().map(|&s| s as u64)));
-    try_join4(
+    // Each chat's counters and each sender's read position, once per group.
+    let mut active: HashMap<Uuid, i64> = HashMap::new();
+    let mut read: std::collections::BTreeMap<(Uuid, &str), (i64, i64)> = Default::default();
+    for o in &out {
+        if let Outcome::Stored(m) = o {
+            active.insert(m.chat, m.at_us);
+            read.insert((m.chat, &m.user_id), (m.seq as i64, m.n as i64));
+        }
+    }
+    let mut bumped = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in chats.iter().filter(|c| active.contains_key(c)) {
+        bumped.0.push(*c);
+        bumped.1.push(last[c].0);
+        bumped.2.push(last[c].1);
+        bumped.3.push(active[c]);
+    }
+    let mut marks = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((chat, user), (seq, n)) in read {
+        marks.0.push(user);
+        marks.1.push(chat);
+        marks.2.push(seq);
+        marks.3.push(n);
+    }
+    let wake = bus::encode(bumped.0.iter().zip(bumped.1.iter().map(|&s| s as u64)));
+    try_join5(
         client.execute(&st.insert, &rows.params()),
-        client.execute(&st.bump, &[&chat_ids, &lasts]),
+        client.execute(&st.bump, &[&bumped.0, &bumped.1, &bumped.2, &bumped.3]),
+        client.execute(&st.read, &[&marks.0, &marks.1, &marks.2, &marks.3]),
         // Delivered to listeners only if and when this commits.
         client.query(&st.notify, &[&bus::CHANNEL, &wake]),
         client.batch_execute("COMMIT"),
@@ -729,20 +1157,28 @@ struct Rows<'a> {
     sent_at: Vec<i64>,
     subject: Vec<&'a str>,
     text: Vec<&'a str>,
+    kind: Vec<i16>,
+    target: Vec<i64>,
+    edited_at: Vec<i64>,
+    deleted: Vec<bool>,
+    n: Vec<i64>,
+    original: Vec<Option<&'a [u8]>>,
 }
 
 /// Inserts the rows of a [`Rows`] (its [`Rows::params`]).
 fn insert_messages() -> String {
     format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS})
+        "INSERT INTO messages ({INSERT_COLUMNS})
          SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[],
-                              $5::text[], $6::int8[], $7::text[], $8::text[])"
+                              $5::text[], $6::int8[], $7::text[], $8::text[],
+                              $9::int2[], $10::int8[], $11::int8[], $12::bool[], $13::int8[],
+                              $14::bytea[])"
     )
 }
 
 impl<'a> Rows<'a> {
     /// The parameters of [`insert_messages`].
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 14] {
         [
             &self.chat,
             &self.seq,
@@ -752,6 +1188,12 @@ impl<'a> Rows<'a> {
             &self.sent_at,
             &self.subject,
             &self.text,
+            &self.kind,
+            &self.target,
+            &self.edited_at,
+            &self.deleted,
+            &self.n,
+            &self.original,
         ]
     }
 
@@ -759,7 +1201,7 @@ impl<'a> Rows<'a> {
         let mut rows = Rows::default();
         for m in out.iter().filter_map(|o| match o {
             Outcome::Stored(m) => Some(m),
-            Outcome::Existing { .. } => None,
+            _ => None,
         }) {
             rows.chat.push(m.chat);
             rows.seq.push(m.seq as i64);
@@ -769,17 +1211,32 @@ impl<'a> Rows<'a> {
             rows.sent_at.push(m.sent_at);
             rows.subject.push(&m.subject);
             rows.text.push(&m.text);
+            rows.kind.push(m.kind.number() as i16);
+            rows.target.push(m.target as i64);
+            rows.edited_at.push(m.edited_at);
+            rows.deleted.push(m.deleted);
+            rows.n.push(m.n as i64);
+            rows.original
+                .push((!m.original.is_empty()).then_some(m.original.as_slice()));
         }
         rows
     }
 }
 
-fn next_seq(last: &mut HashMap<Uuid, i64>, chat: &Uuid) -> Result<u64> {
-    let seq = last
+/// The next seq of `chat` and its message count with one more message.
+fn next_seq(last: &mut HashMap<Uuid, (i64, i64)>, chat: &Uuid) -> Result<(u64, u64)> {
+    let (seq, n) = last
         .get_mut(chat)
         .ok_or_else(|| StoreError::Postgres(format!("chat {chat} has no counter row")))?;
     *seq += 1;
-    Ok(*seq as u64)
+    *n += 1;
+    Ok((*seq as u64, *n as u64))
+}
+
+/// A random replica id.
+fn rand_replica() -> u64 {
+    let id = Uuid::new_v4();
+    u64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap_or_default())
 }
 
 /// A seq as a bigint (seqs never reach 2^63; larger cursors mean "the end").
@@ -789,15 +1246,28 @@ fn db_seq(seq: u64) -> i64 {
 
 /// A row of [`MESSAGE_COLUMNS`].
 fn message(row: &Row) -> Message {
+    message_at(row, 0)
+}
+
+/// The [`MESSAGE_COLUMNS`] of a row, from column `at` on.
+fn message_at(row: &Row, at: usize) -> Message {
+    let sent_at: i64 = row.get(at + 5);
     Message {
-        chat: row.get(0),
-        seq: row.get::<_, i64>(1) as u64,
-        id: row.get(2),
-        user_id: row.get(3),
-        client_id: row.get(4),
-        sent_at: row.get(5),
-        subject: row.get(6),
-        text: row.get(7),
+        chat: row.get(at),
+        seq: row.get::<_, i64>(at + 1) as u64,
+        id: row.get(at + 2),
+        user_id: row.get(at + 3),
+        client_id: row.get(at + 4),
+        sent_at,
+        subject: row.get(at + 6),
+        text: row.get(at + 7),
+        kind: Kind::stored(row.get::<_, i16>(at + 8).into()),
+        target: row.get::<_, i64>(at + 9) as u64,
+        edited_at: row.get(at + 10),
+        deleted: row.get(at + 11),
+        n: row.get::<_, i64>(at + 12) as u64,
+        at_us: sent_at.saturating_mul(1_000_000),
+        original: row.get::<_, Option<Vec<u8>>>(at + 13).unwrap_or_default(),
     }
 }
 

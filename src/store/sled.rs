@@ -11,7 +11,17 @@
 //! | `M` chat(16) seq(8) | [`MessageValue`] | one chat's messages are one contiguous range, in seq order: History pages and catch-up are range scans, the last seq is one `next_back` |
 //! | `D` chat(16) user_len(2) user client_id | seq(8) | idempotency: (chat, user, client_id) to the stored seq; the length prefix makes (user, client_id) unambiguous |
 //! | `U` members key | chat(16) | New's idempotency: the canonical member set ([`member_set_key`]) to its chat |
+//! | `I` user_len(2) user chat(16) | [`ReadValue`] | the inbox: one user's chats are one range (members from New, open-chat posters from their first Send), with the user's read position; written per commit group, not per message |
+//! | `P` chat(16) user | empty | who has posted to an open chat (ReadState lists their read positions) |
+//! | `A` chat(16) | [`ActivityValue`] | the chat's counters for the inbox: last seq, message count, last activity; one write per chat per commit group, so unread counts cost no write per recipient |
+//! | `V` | layout version (u32) | 2: the `I`, `P` and `A` keys exist for every chat (written from the rest on first open) |
 //! | `H` | 66 KiB of zeros, removed at once | the write probe of readiness after a failed write ([`SledStore::ping`]); no other key starts with `H` |
+//!
+//! A chat's log under `M` holds messages and their edit and delete events
+//! (one gap-free seq for both). An edit rewrites its message in place (and
+//! lists the event's seq in it); a delete clears the message's subject and
+//! text and those of its edits, so the bytes are gone once sled compacts.
+//! Both go in one sled batch with the event: rare, so its global lock is fine.
 //!
 //! `chat(16)` is the chat's UUID in its 16 raw bytes. Values are protobuf
 //! encodings (prost) of the value types below, so new fields can be added
@@ -46,12 +56,23 @@ use prost::Message as _;
 use uuid::Uuid;
 
 use super::{lock, Page, Result, Staged, StoreError};
-use crate::model::{member_set_key, Append, ChatRecord, Message, Outcome};
+use crate::model::{
+    content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Message, Outcome,
+    ReadMark, Refusal, View,
+};
 
 const CHAT: u8 = b'C';
 const MESSAGE: u8 = b'M';
 const DEDUPE: u8 = b'D';
 const MEMBERS: u8 = b'U';
+const INBOX: u8 = b'I';
+const POSTER: u8 = b'P';
+const ACTIVITY: u8 = b'A';
+const VERSION: &[u8] = b"V";
+/// The key layout this code writes (see the module docs).
+const LAYOUT: u32 = 2;
+/// How far back an inbox preview looks for a message that is not deleted.
+const PREVIEW_LOOKBACK: u64 = 64;
 const PROBE: &[u8] = b"H";
 /// The size of the probe: a full-size message and its keys.
 const PROBE_BYTES: usize = 66 * 1024;
@@ -100,6 +121,27 @@ pub struct MessageValue {
     pub text: String,
     #[prost(uint64, tag = "8")]
     pub seq: u64,
+    /// [`Kind::number`]; 0 (a message) in every value written before events.
+    #[prost(int32, tag = "9")]
+    pub kind: i32,
+    #[prost(uint64, tag = "10")]
+    pub target: u64,
+    #[prost(int64, tag = "11")]
+    pub edited_at: i64,
+    #[prost(bool, tag = "12")]
+    pub deleted: bool,
+    /// 0 in values written before it existed: then every entry was a
+    /// message, so it is the seq.
+    #[prost(uint64, tag = "13")]
+    pub n: u64,
+    /// 0 in values written before it existed: then `sent_at` in µs.
+    #[prost(int64, tag = "14")]
+    pub at_us: i64,
+    #[prost(bytes = "vec", tag = "15")]
+    pub original: Vec<u8>,
+    /// A message: the seqs of its edit events (a delete clears them too).
+    #[prost(uint64, repeated, tag = "16")]
+    pub edits: Vec<u64>,
 }
 
 impl From<&Message> for MessageValue {
@@ -113,6 +155,14 @@ impl From<&Message> for MessageValue {
             subject: m.subject.clone(),
             text: m.text.clone(),
             seq: m.seq,
+            kind: m.kind.number(),
+            target: m.target,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
+            n: m.n,
+            at_us: m.at_us,
+            original: m.original.clone(),
+            edits: Vec::new(),
         }
     }
 }
@@ -129,8 +179,45 @@ impl From<MessageValue> for Message {
             subject: v.subject,
             text: v.text,
             seq: v.seq,
+            kind: Kind::stored(v.kind),
+            target: v.target,
+            edited_at: v.edited_at,
+            deleted: v.deleted,
+            n: if v.n == 0 && v.kind == 0 { v.seq } else { v.n },
+            at_us: if v.at_us == 0 {
+                v.sent_at.saturating_mul(1_000_000)
+            } else {
+                v.at_us
+            },
+            original: v.original,
         }
     }
+}
+
+/// A user's read position in a chat, under its `I` key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadValue {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The chat's message count at `seq`.
+    #[prost(uint64, tag = "2")]
+    pub n: u64,
+}
+
+/// A chat's counters, under its `A` key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ActivityValue {
+    #[prost(uint64, tag = "1")]
+    pub last_seq: u64,
+    /// Messages in the log ([`Message::n`] of the last entry).
+    #[prost(uint64, tag = "2")]
+    pub n: u64,
+    /// Creation or the last entry, in µs.
+    #[prost(int64, tag = "3")]
+    pub active_us: i64,
+    /// The newest message's seq (0: none).
+    #[prost(uint64, tag = "4")]
+    pub last_message: u64,
 }
 
 /// A chat as stored under its `C` key.
@@ -142,6 +229,22 @@ pub struct ChatValue {
     /// Unix seconds.
     #[prost(int64, tag = "2")]
     pub created_at: i64,
+    #[prost(int64, tag = "3")]
+    pub created_us: i64,
+}
+
+impl From<ChatValue> for ChatRecord {
+    fn from(v: ChatValue) -> Self {
+        ChatRecord {
+            members: v.members,
+            created_at: v.created_at,
+            created_us: if v.created_us == 0 {
+                v.created_at.saturating_mul(1_000_000)
+            } else {
+                v.created_us
+            },
+        }
+    }
 }
 
 /// Handle to the sled store. Cloning is cheap (sled's `Db` and an `Arc`).
@@ -172,6 +275,8 @@ struct ChatSeqs {
     written: u64,
     /// The last seq known flushed: reads stop here.
     durable: u64,
+    /// Messages in the log up to `written` ([`Message::n`]).
+    messages: u64,
 }
 
 impl SledStore {
@@ -186,7 +291,7 @@ impl SledStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .open()?;
-        Ok(SledStore {
+        let store = SledStore {
             db,
             seqs: Arc::new(Mutex::new(Seqs {
                 chats: HashMap::new(),
@@ -196,7 +301,9 @@ impl SledStore {
             failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dir: Arc::new(dir.to_owned()),
             stuck: Arc::new(std::sync::atomic::AtomicU32::new(0)),
-        })
+        };
+        store.upgrade()?;
+        Ok(store)
     }
 
     /// Refuses at once while a failed write has not been followed by a
@@ -284,10 +391,7 @@ impl SledStore {
             .get(key)?
             .map(|v| decode::<ChatValue>(&key, &v))
             .transpose()?
-            .map(|v| ChatRecord {
-                members: v.members,
-                created_at: v.created_at,
-            }))
+            .map(ChatRecord::from))
     }
 
     /// The chat of `record.members` (a new one if the set has none yet, or
@@ -316,12 +420,21 @@ impl SledStore {
         let value = ChatValue {
             members: record.members.clone(),
             created_at: record.created_at,
+            created_us: record.created_us,
         };
         let mut batch = sled::Batch::default();
         batch.insert(&chat_key(chat)[..], value.encode_to_vec());
         if let Some(key) = members_key {
             batch.insert(key, &chat.as_bytes()[..]);
         }
+        for user in &record.members {
+            batch.insert(inbox_key(user, chat), ReadValue::default().encode_to_vec());
+        }
+        let activity = ActivityValue {
+            active_us: record.created_us,
+            ..ActivityValue::default()
+        };
+        batch.insert(&activity_key(chat)[..], activity.encode_to_vec());
         self.db.apply_batch(batch)?;
         Ok(())
     }
@@ -335,9 +448,14 @@ impl SledStore {
         // Nothing of this chat is in flight (an in-flight message keeps its
         // state), so what the store holds is durable.
         let last = self.stored_last_seq(chat)?;
+        let messages = match last {
+            0 => 0,
+            seq => self.message(chat, seq)?.map_or(0, |m| m.n),
+        };
         let state = Arc::new(Mutex::new(ChatSeqs {
             written: last,
             durable: last,
+            messages,
         }));
         if seqs.chats.len() >= seqs.sweep_at {
             // Forget chats with nothing in flight that nobody holds; grow
@@ -367,25 +485,154 @@ impl SledStore {
         let seq = seqs.written + 1;
         if dedupe {
             if let Some(stored) = self.claim(&msg.chat, &msg.user_id, &msg.client_id, seq)? {
-                let same = stored.subject == msg.subject && stored.text == msg.text;
+                let same = stored.kind == msg.kind && stored.same_content(&msg.subject, &msg.text);
                 return Ok(Staged::Existing { stored, same });
             }
         }
         msg.seq = seq;
+        if msg.kind != Kind::Message {
+            let key = dedupe.then(|| dedupe_key(&msg.chat, &msg.user_id, &msg.client_id));
+            let staged = self.stage_event(msg, seqs.messages)?;
+            match (&staged, key) {
+                (Staged::Event { .. }, _) => seqs.written = seq,
+                // Nothing stored: the idempotency key claimed for it goes.
+                (_, Some(key)) => {
+                    self.db.remove(key)?;
+                }
+                _ => {}
+            }
+            return Ok(staged);
+        }
+        msg.n = seqs.messages + 1;
         self.db.insert(
             message_key(&msg.chat, seq),
             MessageValue::from(&msg).encode_to_vec(),
         )?;
         seqs.written = seq;
+        seqs.messages = msg.n;
         Ok(Staged::Written(msg))
     }
 
-    /// One flush makes everything staged so far durable (group commit).
+    /// Stores an edit or delete event under its seq and rewrites its
+    /// message, in one batch; or refuses it. The caller holds the chat's
+    /// append lock, so the message cannot change in between.
+    fn stage_event(&self, mut event: Message, messages: u64) -> Result<Staged> {
+        let key = message_key(&event.chat, event.target);
+        let found = match event.target {
+            0 => None,
+            _ => self.db.get(key)?,
+        };
+        let target = match found {
+            Some(v) => decode::<MessageValue>(&key, &v)?,
+            None => return Ok(Staged::Refused(Refusal::NoSuchMessage)),
+        };
+        if target.kind != Kind::Message.number() {
+            return Ok(Staged::Refused(Refusal::NoSuchMessage));
+        }
+        if target.user_id != event.user_id {
+            let sender = target.user_id.clone();
+            return Ok(Staged::Refused(Refusal::NotTheSender(sender)));
+        }
+        if target.deleted && event.kind == Kind::Edit {
+            return Ok(Staged::Refused(Refusal::Deleted));
+        }
+        event.n = messages;
+        let mut target = target;
+        if target.original.is_empty() {
+            target.original = content_digest(&target.subject, &target.text);
+        }
+        let mut batch = sled::Batch::default();
+        match event.kind {
+            Kind::Edit => {
+                target.subject.clone_from(&event.subject);
+                target.text.clone_from(&event.text);
+                target.edited_at = event.sent_at;
+                target.edits.push(event.seq);
+            }
+            _ => {
+                target.subject.clear();
+                target.text.clear();
+                target.deleted = true;
+                for seq in std::mem::take(&mut target.edits) {
+                    let key = message_key(&event.chat, seq);
+                    if let Some(v) = self.db.get(key)? {
+                        let mut edit = decode::<MessageValue>(&key, &v)?;
+                        if edit.original.is_empty() {
+                            edit.original = content_digest(&edit.subject, &edit.text);
+                        }
+                        edit.subject.clear();
+                        edit.text.clear();
+                        edit.deleted = true;
+                        batch.insert(&key[..], edit.encode_to_vec());
+                    }
+                }
+            }
+        }
+        batch.insert(&key[..], target.encode_to_vec());
+        batch.insert(
+            &message_key(&event.chat, event.seq)[..],
+            MessageValue::from(&event).encode_to_vec(),
+        );
+        self.db.apply_batch(batch)?;
+        Ok(Staged::Event {
+            event,
+            target: target.into(),
+        })
+    }
+
+    /// One flush makes everything staged so far durable (group commit),
+    /// with the group's counters: per chat its activity, per sender its
+    /// read position (one write each per group, not per message or recipient).
     pub async fn commit(&self, batch: Vec<Staged>) -> Result<Vec<Outcome>> {
-        self.flush().await?;
         let mut out = Vec::with_capacity(batch.len());
         // The highest seq written per chat: one durable-seq update per chat.
         let mut durable: HashMap<Uuid, u64> = HashMap::new();
+        let mut activity: HashMap<Uuid, ActivityValue> = HashMap::new();
+        let mut read: HashMap<(Uuid, &str), ReadMark> = HashMap::new();
+        for staged in &batch {
+            let entry = match staged {
+                Staged::Written(m) | Staged::Event { event: m, .. } => m,
+                _ => continue,
+            };
+            let a = activity.entry(entry.chat).or_default();
+            if entry.seq > a.last_seq {
+                a.last_seq = entry.seq;
+                a.n = entry.n;
+                a.active_us = entry.at_us;
+            }
+            if entry.kind == Kind::Message {
+                a.last_message = a.last_message.max(entry.seq);
+                let r = read.entry((entry.chat, &entry.user_id)).or_default();
+                if entry.seq > r.seq {
+                    *r = ReadMark {
+                        seq: entry.seq,
+                        n: entry.n,
+                    };
+                }
+            }
+        }
+        for (chat, a) in activity {
+            let key = activity_key(&chat);
+            self.db.update_and_fetch(key, |old| {
+                let mut now = old
+                    .and_then(|v| ActivityValue::decode(v).ok())
+                    .unwrap_or_default();
+                if a.last_seq > now.last_seq {
+                    now.last_seq = a.last_seq;
+                    now.n = a.n;
+                    now.active_us = a.active_us;
+                }
+                now.last_message = now.last_message.max(a.last_message);
+                Some(now.encode_to_vec())
+            })?;
+        }
+        for ((chat, user), mark) in read {
+            if self.raise_read(user, &chat, mark)?.is_none() {
+                // A first post: to an open chat (members have theirs from New).
+                self.db.insert(poster_key(&chat, user), &[][..])?;
+            }
+        }
+        self.flush().await?;
         for staged in batch {
             out.push(match staged {
                 Staged::Written(msg) => {
@@ -393,6 +640,12 @@ impl SledStore {
                     *d = (*d).max(msg.seq);
                     Outcome::Stored(msg)
                 }
+                Staged::Event { event, target } => {
+                    let d = durable.entry(event.chat).or_default();
+                    *d = (*d).max(event.seq);
+                    Outcome::Event { event, target }
+                }
+                Staged::Refused(why) => Outcome::Refused(why),
                 Staged::Existing { stored, same } => {
                     // Written before this flush (maybe by a send whose own
                     // flush failed): durable now, and so is all before it.
@@ -489,11 +742,15 @@ impl SledStore {
         max_bytes: usize,
     ) -> Result<Vec<Message>> {
         let last = last.min(self.last_seq(chat)?);
-        self.read_known(chat, first..=last, limit, max_bytes, false)
+        Ok(self
+            .read_known(chat, first..=last, limit, max_bytes, false, View::ALL)?
+            .0)
     }
 
-    /// As [`SledStore::read`], for a range already known durable; with
-    /// `newest`, the end of the range is kept when the limits cut it.
+    /// As [`SledStore::read`], for a range already known durable, of the
+    /// entries `view` shows; with `newest`, the end of the range is kept
+    /// when the limits cut it. Also whether more such entries are in the
+    /// range past the ones returned.
     fn read_known(
         &self,
         chat: &Uuid,
@@ -501,21 +758,27 @@ impl SledStore {
         limit: usize,
         max_bytes: usize,
         newest: bool,
-    ) -> Result<Vec<Message>> {
+        view: View,
+    ) -> Result<(Vec<Message>, bool)> {
         let mut page = Vec::new();
         let mut fits = crate::model::within_bytes(max_bytes);
         let order: Box<dyn Iterator<Item = u64>> = match newest {
             true => Box::new(seqs.rev()),
             false => Box::new(seqs),
         };
-        for seq in order.take(limit) {
+        let mut more = false;
+        for seq in order {
             let key = message_key(chat, seq);
             let Some(v) = self.db.get(key)? else {
                 // Past the end (or a hole that a crash left): stop here.
                 break;
             };
             let msg: Message = decode::<MessageValue>(&key, &v)?.into();
-            if !fits(&msg) {
+            if !msg.shown(view) {
+                continue;
+            }
+            if page.len() >= limit || !fits(&msg) {
+                more = true;
                 break;
             }
             page.push(msg);
@@ -523,7 +786,7 @@ impl SledStore {
         if newest {
             page.reverse();
         }
-        Ok(page)
+        Ok((page, more))
     }
 
     /// One History page (see [`super::Store::page`]).
@@ -534,23 +797,240 @@ impl SledStore {
         after: Option<u64>,
         limit: usize,
         max_bytes: usize,
+        view: View,
     ) -> Result<Page> {
         let durable = self.last_seq(chat)?;
-        match after {
+        let (messages, has_more) = match after {
             Some(after) => {
                 let first = after.saturating_add(1);
-                let messages = self.read_known(chat, first..=durable, limit, max_bytes, false)?;
-                let has_more = messages.last().is_some_and(|m| m.seq < durable);
-                Ok(Page { messages, has_more })
+                self.read_known(chat, first..=durable, limit, max_bytes, false, view)?
             }
             None => {
                 // Seqs are gap-free 1..=durable: the newest first, back to 1.
                 let last = before.map_or(durable, |b| durable.min(b.saturating_sub(1)));
-                let messages = self.read_known(chat, 1..=last, limit, max_bytes, true)?;
-                let has_more = messages.first().is_some_and(|m| m.seq > 1);
-                Ok(Page { messages, has_more })
+                self.read_known(chat, 1..=last, limit, max_bytes, true, view)?
+            }
+        };
+        Ok(Page { messages, has_more })
+    }
+
+    /// Raises `user`'s read position in `chat` to `mark` (never lowers
+    /// it); the position before, if the user had one.
+    fn raise_read(&self, user: &str, chat: &Uuid, mark: ReadMark) -> Result<Option<ReadMark>> {
+        let key = inbox_key(user, chat);
+        let old = self.db.fetch_and_update(&key, |old| {
+            let now = old
+                .and_then(|v| ReadValue::decode(v).ok())
+                .unwrap_or_default();
+            let raised = match mark.seq > now.seq {
+                true => ReadValue {
+                    seq: mark.seq,
+                    n: mark.n,
+                },
+                false => now,
+            };
+            Some(raised.encode_to_vec())
+        })?;
+        Ok(old
+            .map(|v| decode::<ReadValue>(&key, &v))
+            .transpose()?
+            .map(|v| ReadMark { seq: v.seq, n: v.n }))
+    }
+
+    /// `user`'s read position in `chat` (zero if none).
+    pub fn read_mark(&self, user: &str, chat: &Uuid) -> Result<ReadMark> {
+        let key = inbox_key(user, chat);
+        Ok(self
+            .db
+            .get(&key)?
+            .map(|v| decode::<ReadValue>(&key, &v))
+            .transpose()?
+            .map(|v| ReadMark { seq: v.seq, n: v.n })
+            .unwrap_or_default())
+    }
+
+    /// Moves `user`'s read position in `chat` forward to `seq` (capped to
+    /// the durable end); the position now. Durable with the next commit.
+    pub fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<(ReadMark, u64)> {
+        self.check_writable()?;
+        let seq = seq.min(self.last_seq(chat)?);
+        let n = match seq {
+            0 => 0,
+            seq => self.message(chat, seq)?.map_or(0, |m| m.n),
+        };
+        let before = self.raise_read(user, chat, ReadMark { seq, n })?;
+        let chat_open = self.chat(chat)?.is_some_and(|c| c.members.is_empty());
+        if before.is_none() && chat_open {
+            self.db.insert(poster_key(chat, user), &[][..])?;
+        }
+        let now = match before {
+            Some(b) if b.seq >= seq => b,
+            _ => ReadMark { seq, n },
+        };
+        Ok((now, self.activity(chat)?.n))
+    }
+
+    /// The read positions of `users` in `chat`, or, with none given, of
+    /// everyone who has posted to it (an open chat), at most `limit`.
+    pub fn read_marks(
+        &self,
+        chat: &Uuid,
+        users: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, ReadMark)>> {
+        let mut out = Vec::new();
+        if users.is_empty() {
+            for entry in self.db.scan_prefix(poster_prefix(chat)).take(limit) {
+                let (key, _) = entry?;
+                let user = String::from_utf8_lossy(&key[17..]).into_owned();
+                let mark = self.read_mark(&user, chat)?;
+                out.push((user, mark));
+            }
+        } else {
+            for user in users.iter().take(limit) {
+                out.push((user.clone(), self.read_mark(user, chat)?));
             }
         }
+        Ok(out)
+    }
+
+    /// The chat's counters as far as they are durable.
+    fn activity(&self, chat: &Uuid) -> Result<ActivityValue> {
+        let key = activity_key(chat);
+        let mut a = self
+            .db
+            .get(key)?
+            .map(|v| decode::<ActivityValue>(&key, &v))
+            .transpose()?
+            .unwrap_or_default();
+        // Written just before the flush that makes its group durable: while
+        // that flush runs, count only what is durable.
+        let durable = self.last_seq(chat)?;
+        if a.last_seq > durable {
+            if let Some(last) = self.message(chat, durable)? {
+                a.n = last.n;
+                a.active_us = last.at_us;
+            }
+            a.last_seq = durable;
+            a.last_message = a.last_message.min(durable);
+        }
+        Ok(a)
+    }
+
+    /// `user`'s inbox (see [`super::Store::inbox`]).
+    pub fn inbox(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        let prefix = inbox_prefix(user);
+        let mut all = Vec::new();
+        for entry in self.db.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let Ok(chat) = Uuid::from_slice(&key[prefix.len()..]) else {
+                continue;
+            };
+            let read = decode::<ReadValue>(&key, &value)?;
+            let a = self.activity(&chat)?;
+            if after.is_some_and(|cursor| (a.active_us, chat) >= cursor) {
+                continue;
+            }
+            all.push((a, chat, read));
+        }
+        let newest_first = |x: &(ActivityValue, Uuid, ReadValue),
+                            y: &(ActivityValue, Uuid, ReadValue)| {
+            (y.0.active_us, y.1).cmp(&(x.0.active_us, x.1))
+        };
+        if all.len() > limit {
+            all.select_nth_unstable_by(limit, newest_first);
+            all.truncate(limit);
+        }
+        all.sort_unstable_by(newest_first);
+        let mut out = Vec::with_capacity(all.len());
+        for (a, chat, read) in all {
+            let members = self.chat(&chat)?.map(|c| c.members).unwrap_or_default();
+            out.push(InboxEntry {
+                chat,
+                members,
+                last_message: self.preview(&chat, a.last_message)?,
+                last_seq: a.last_seq,
+                unread: a.n.saturating_sub(read.n),
+                read_seq: read.seq,
+                active_us: a.active_us,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The newest message at or before `seq` that is not deleted, looking
+    /// back at most [`PREVIEW_LOOKBACK`] entries.
+    fn preview(&self, chat: &Uuid, seq: u64) -> Result<Option<Message>> {
+        let first = seq.saturating_sub(PREVIEW_LOOKBACK).max(1);
+        for seq in (first..=seq).rev() {
+            if let Some(m) = self.message(chat, seq)? {
+                if m.shown(View::MESSAGES) {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes the `I`, `P` and `A` keys of chats stored before they existed
+    /// (layout 1), once: members' inbox entries, open chats' posters (from
+    /// their idempotency keys) and every chat's counters.
+    fn upgrade(&self) -> Result<()> {
+        let version = self.db.get(VERSION)?.map(|v| seq_of_value(&v) as u32);
+        if version.is_some_and(|v| v >= LAYOUT) {
+            return Ok(());
+        }
+        let mut open = std::collections::HashSet::new();
+        for entry in self.db.scan_prefix([CHAT]) {
+            let (key, value) = entry?;
+            let Ok(chat) = Uuid::from_slice(&key[1..]) else {
+                continue;
+            };
+            let record = ChatRecord::from(decode::<ChatValue>(&key, &value)?);
+            for user in &record.members {
+                let key = inbox_key(user, &chat);
+                if !self.db.contains_key(&key)? {
+                    self.db.insert(key, ReadValue::default().encode_to_vec())?;
+                }
+            }
+            if record.members.is_empty() {
+                open.insert(chat);
+            }
+            let last = self.stored_last_seq(&chat)?;
+            let newest = match last {
+                0 => None,
+                seq => self.message(&chat, seq)?,
+            };
+            let a = ActivityValue {
+                last_seq: last,
+                n: newest.as_ref().map_or(0, |m| m.n),
+                active_us: newest.map_or(record.created_us, |m| m.at_us),
+                last_message: last,
+            };
+            self.db.insert(activity_key(&chat), a.encode_to_vec())?;
+        }
+        for entry in self.db.scan_prefix([DEDUPE]) {
+            let (key, _) = entry?;
+            let Some((chat, user)) = parse_dedupe_key(&key) else {
+                continue;
+            };
+            if open.contains(&chat) {
+                let key = inbox_key(&user, &chat);
+                if !self.db.contains_key(&key)? {
+                    self.db.insert(key, ReadValue::default().encode_to_vec())?;
+                }
+                self.db.insert(poster_key(&chat, &user), &[][..])?;
+            }
+        }
+        self.db
+            .insert(VERSION, &u64::from(LAYOUT).to_be_bytes()[..])?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 
@@ -574,14 +1054,7 @@ impl SledStore {
             let Ok(id) = Uuid::from_slice(&key[1..]) else {
                 continue;
             };
-            let v = decode::<ChatValue>(&key, &value)?;
-            out.push((
-                id,
-                ChatRecord {
-                    members: v.members,
-                    created_at: v.created_at,
-                },
-            ));
+            out.push((id, decode::<ChatValue>(&key, &value)?.into()));
         }
         Ok(out)
     }
@@ -604,6 +1077,7 @@ impl SledStore {
     }
 
     pub fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
+        let mut chats = std::collections::HashSet::new();
         for m in messages {
             if self.db.contains_key(message_key(&m.chat, m.seq))? {
                 continue;
@@ -617,14 +1091,65 @@ impl SledStore {
                 message_key(&m.chat, m.seq),
                 MessageValue::from(&m).encode_to_vec(),
             )?;
-            if let Some(s) = lock(&self.seqs).chats.get(&m.chat) {
-                let mut s = lock(s);
-                s.written = s.written.max(m.seq);
-                s.durable = s.durable.max(m.seq);
+            chats.insert(m.chat);
+        }
+        for chat in chats {
+            // Seqs and counters are read from the log again.
+            lock(&self.seqs).chats.remove(&chat);
+            let last = self.stored_last_seq(&chat)?;
+            if let Some(newest) = self.message(&chat, last)? {
+                let a = ActivityValue {
+                    last_seq: last,
+                    n: newest.n,
+                    active_us: newest.at_us,
+                    last_message: last,
+                };
+                self.db.insert(activity_key(&chat), a.encode_to_vec())?;
             }
         }
         Ok(())
     }
+}
+
+/// The prefix of a user's `I` keys.
+fn inbox_prefix(user: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + user.len() + 16);
+    key.push(INBOX);
+    key.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    key.extend_from_slice(user.as_bytes());
+    key
+}
+
+fn inbox_key(user: &str, chat: &Uuid) -> Vec<u8> {
+    let mut key = inbox_prefix(user);
+    key.extend_from_slice(chat.as_bytes());
+    key
+}
+
+fn poster_prefix(chat: &Uuid) -> [u8; 17] {
+    let mut key = [0; 17];
+    key[0] = POSTER;
+    key[1..].copy_from_slice(chat.as_bytes());
+    key
+}
+
+fn poster_key(chat: &Uuid, user: &str) -> Vec<u8> {
+    [&poster_prefix(chat)[..], user.as_bytes()].concat()
+}
+
+fn activity_key(chat: &Uuid) -> [u8; 17] {
+    let mut key = [0; 17];
+    key[0] = ACTIVITY;
+    key[1..].copy_from_slice(chat.as_bytes());
+    key
+}
+
+/// The chat and user of a `D` key.
+fn parse_dedupe_key(key: &[u8]) -> Option<(Uuid, String)> {
+    let chat = Uuid::from_slice(key.get(1..17)?).ok()?;
+    let len = u16::from_be_bytes(key.get(17..19)?.try_into().ok()?) as usize;
+    let user = std::str::from_utf8(key.get(19..19 + len)?).ok()?;
+    Some((chat, user.to_owned()))
 }
 
 /// The `U` key of a member set.
@@ -702,7 +1227,7 @@ mod tests {
                 sent_at: 1,
                 subject: String::new(),
                 text: format!("from {client_id}"),
-                seq: 0,
+                ..Message::default()
             },
             dedupe: !client_id.is_empty(),
         }
@@ -715,6 +1240,7 @@ mod tests {
         match store.commit(vec![staged]).await.unwrap().pop().unwrap() {
             Outcome::Stored(m) => (m.seq, false),
             Outcome::Existing { stored, .. } => (stored.seq, true),
+            other => panic!("a message staged as {other:?}"),
         }
     }
 

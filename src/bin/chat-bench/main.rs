@@ -584,6 +584,7 @@ impl Bench {
                             limit: 100,
                             before_seq: before,
                             after_seq: None,
+                            ..Default::default()
                         })
                         .await?
                         .into_inner();
@@ -831,6 +832,7 @@ impl Bench {
                     limit: 1000,
                     before_seq: None,
                     after_seq: Some(after),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -894,6 +896,7 @@ async fn raw_sled(secs: f64, inserts: usize) -> Result<Stats, BoxError> {
         subject: String::new(),
         text: "hello, a short chat message".into(),
         seq: 1,
+        ..Default::default()
     });
     let seq = Arc::new(AtomicU64::new(0));
     let stats = {
@@ -939,6 +942,7 @@ async fn scenario6(
                 &chat::model::ChatRecord {
                     members: vec![],
                     created_at: 1,
+                    created_us: 1_000_000,
                 },
             )?;
         }
@@ -955,6 +959,7 @@ async fn scenario6(
                 subject: String::new(),
                 text: format!("stored message number {i}"),
                 seq: i / 100 + 1,
+                ..Default::default()
             });
             if batch.len() == 10_000 {
                 store.import_messages(std::mem::take(&mut batch))?;
