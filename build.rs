@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for m in &service.method {
         let rust_name = match m.name() {
             "New" => "new_chat".to_owned(),
-            other => other.to_lowercase(),
+            other => snake_case(other),
         };
         let mut method = tonic_build::manual::Method::builder()
             .name(rust_name)
@@ -91,4 +91,16 @@ fn git_commit() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
+}
+
+/// `ListChats` as `list_chats`: the Rust name of a client method.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }

@@ -157,6 +157,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_PRESENCE", default_value_t = true, action = clap::ArgAction::Set)]
     pub presence: bool,
 
+    /// Seconds a replica keeps another replica's users present without
+    /// hearing of them (replicas repeat who is present every third of it):
+    /// the longest a dead replica's users stay present.
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value_t = 30)]
+    pub presence_ttl: u64,
+
     /// Relay typing signals (the Typing RPC). `--typing=false` turns it off.
     #[arg(long, env = "CHAT_TYPING", default_value_t = true, action = clap::ArgAction::Set)]
     pub typing: bool,
@@ -469,6 +475,7 @@ impl Config {
             rate_limit_send: self.rate_limit_send.max(0.0),
             rate_limit_new: self.rate_limit_new.max(0.0),
             presence: self.presence,
+            presence_ttl: Duration::from_secs(self.presence_ttl.max(3)),
             typing: self.typing,
         }
     }

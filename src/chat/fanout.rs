@@ -258,7 +258,7 @@ async fn follow_loop(
 ) {
     let mut timer = tokio::time::interval(RESYNC_EVERY);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(super::presence::HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(chats.heartbeat_every());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received = Vec::new();
     loop {

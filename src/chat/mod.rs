@@ -93,6 +93,8 @@ pub struct Limits {
     pub rate_limit_new: f64,
     /// Track who is present (`--presence`).
     pub presence: bool,
+    /// How long another replica's users stay present unheard of.
+    pub presence_ttl: Duration,
     /// Relay typing signals (`--typing`).
     pub typing: bool,
 }
@@ -112,6 +114,7 @@ impl Default for Limits {
             rate_limit_send: 0.0,
             rate_limit_new: 0.0,
             presence: true,
+            presence_ttl: Duration::from_secs(30),
             typing: true,
         }
     }
@@ -171,7 +174,8 @@ impl Chats {
         let metrics = Arc::new(Metrics::default());
         let budget = Budget::new(limits.memory_budget, limits.budget_wait, metrics.clone());
         let rate = rate::RateLimits::new(limits.rate_limit_send, limits.rate_limit_new);
-        let presence = presence::PresenceState::new(limits.presence, limits.typing);
+        let presence =
+            presence::PresenceState::new(limits.presence, limits.typing, limits.presence_ttl);
         let shared = Arc::new(Shared {
             store,
             limits,
@@ -462,6 +466,8 @@ impl Chats {
             ));
         }
         let next = since_seq.unwrap_or(last).saturating_add(1);
+        // Listening before joining: the stream sees its own user's join.
+        let signals = events.then(|| chat.signals());
         let present = self.join(&chat, user_id).await;
         self.shared.metrics.streams_open.inc();
         Ok(Subscription {
@@ -475,7 +481,7 @@ impl Chats {
                 .map(|d| tokio::time::Instant::now() + d),
             lease: None,
             view: if events { View::ALL } else { View::MESSAGES },
-            signals: events.then(|| chat.signals()),
+            signals,
             _present: present,
             chat,
         })

@@ -5,10 +5,10 @@
 //! is open, on any replica. Each replica counts its own streams; the first
 //! one a user opens and the last one they close are a join and a leave,
 //! told to this replica's event streams and, over the bus, to the others.
-//! Every [`HEARTBEAT`] a replica repeats who is present on it (in chunked
-//! notifications: no row, no message per user), and a replica forgets
-//! another's users [`TTL`] after it last heard of them: a replica that dies
-//! takes its users' presence with it within that time.
+//! Every third of `--presence-ttl` a replica repeats who is present on it
+//! (in chunked notifications: no row, no message per user), and a replica
+//! forgets another's users `--presence-ttl` after it last heard of them: a
+//! replica that dies takes its users' presence with it within that time.
 //!
 //! Typing is a signal at most once per user and chat every [`TYPING_EVERY`].
 
@@ -28,10 +28,6 @@ use crate::{
     store::lock,
 };
 
-/// How often a replica repeats who is present on it.
-pub(super) const HEARTBEAT: Duration = Duration::from_secs(10);
-/// How long a replica believes another's users present without hearing of them.
-pub(super) const TTL: Duration = Duration::from_secs(30);
 /// At most one typing signal per user and chat this often.
 const TYPING_EVERY: Duration = Duration::from_secs(3);
 
@@ -68,14 +64,17 @@ impl Presence {
 pub(super) struct PresenceState {
     pub(super) presence_on: bool,
     pub(super) typing_on: bool,
+    /// How long another replica's users stay present unheard of.
+    pub(super) ttl: Duration,
     pub(super) state: Mutex<Presence>,
 }
 
 impl PresenceState {
-    pub(super) fn new(presence_on: bool, typing_on: bool) -> PresenceState {
+    pub(super) fn new(presence_on: bool, typing_on: bool, ttl: Duration) -> PresenceState {
         PresenceState {
             presence_on,
             typing_on,
+            ttl,
             state: Mutex::new(Presence {
                 typed_sweep_at: 1024,
                 ..Presence::default()
@@ -290,7 +289,7 @@ impl Chats {
                     users
                         .entry(signal.user_id.clone())
                         .or_default()
-                        .insert(replica, Instant::now() + TTL);
+                        .insert(replica, Instant::now() + self.shared.presence.ttl);
                 }
             }
             was != p.anywhere(&signal.chat, &signal.user_id)
@@ -308,9 +307,14 @@ impl Chats {
         }
     }
 
-    /// Every [`HEARTBEAT`]: repeats this replica's present users to the
-    /// others, and forgets (with a leave) other replicas' users not heard
-    /// of for [`TTL`].
+    /// How often this replica repeats who is present on it.
+    pub(super) fn heartbeat_every(&self) -> Duration {
+        self.shared.presence.ttl / 3
+    }
+
+    /// Every [`Chats::heartbeat_every`]: repeats this replica's present
+    /// users to the others, and forgets (with a leave) other replicas'
+    /// users not heard of for the TTL.
     pub(super) async fn heartbeat(&self) {
         if !self.shared.presence.presence_on {
             return;
