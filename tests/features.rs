@@ -732,3 +732,51 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_sled_store_of_layout_1_gets_its_inboxes_and_counters_on_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // sled in both passes: this is about sled's key layout.
+    let server = TestServer::start_with(chat::Config::with_data_dir(dir.path())).await;
+    let mut c = server.client().await;
+    let pair = new_chat(&mut c, &["ann", "bob"]).await;
+    let open_chat = new_chat(&mut c, &[]).await;
+    send(&mut c, &pair, "bob", "b1", "one").await;
+    send(&mut c, &pair, "bob", "b2", "two").await;
+    send(&mut c, &open_chat, "cid", "c1", "open one").await;
+    server.stop().await;
+    {
+        // What layout 1 had: no inbox, poster, counter or version keys.
+        let db = sled::open(dir.path()).unwrap();
+        for prefix in [b"I", b"P", b"A", b"V"] {
+            for key in db.scan_prefix(prefix).keys() {
+                db.remove(key.unwrap()).unwrap();
+            }
+        }
+        db.flush().unwrap();
+    }
+    let server = TestServer::start_with(chat::Config::with_data_dir(dir.path())).await;
+    let mut c = server.client().await;
+    let list = |user: &str| pb::ListChatsRequest {
+        user_id: user.into(),
+        ..Default::default()
+    };
+    let ann = c.list_chats(list("ann")).await.unwrap().into_inner();
+    assert_eq!(ann.chats.len(), 1);
+    assert_eq!(
+        (ann.chats[0].chat_id.as_str(), ann.chats[0].unread),
+        (pair.as_str(), 2)
+    );
+    assert_eq!(ann.chats[0].last_message.as_ref().unwrap().text, "two");
+    let cid = c.list_chats(list("cid")).await.unwrap().into_inner();
+    assert_eq!(cid.chats[0].chat_id, open_chat);
+    let readers = c
+        .read_state(pb::ReadStateRequest {
+            chat_id: open_chat.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(readers.positions.len(), 1, "the open chat's poster");
+    server.stop().await;
+}

@@ -369,3 +369,103 @@ async fn tokens_and_members_only_rules_hold_across_replicas_over_tls() {
         "the impostor's message was not stored"
     );
 }
+
+/// The next entry of `kind` on an event stream (10 s at most), skipping others.
+async fn next_of(rx: &mut tonic::Streaming<pb::Message>, kind: pb::message::Kind) -> pb::Message {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.message())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} within 10 s"))
+            .unwrap()
+            .unwrap();
+        if m.kind == kind as i32 {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_presence_typing_and_reads_reach_event_streams_on_other_replicas() {
+    use pb::message::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg_database(dir.path()).await;
+    let mut r = Vec::new();
+    for _ in 0..2 {
+        // A short presence TTL, so that a dead replica's users go quickly.
+        let args = ["--store", &url, "--presence-ttl", "3"];
+        r.push(Binary::start(dir.path(), &args).await);
+    }
+    let (mut a, mut b) = (r[0].client().await, r[1].client().await);
+    let chat = new_chat(&mut a, &["ann", "bob"]).await;
+    let (_btx, mut req) = connect_request(&chat, "bob", None);
+    req.metadata_mut().insert("events", "all".parse().unwrap());
+    let mut bob = b.connect(req).await.unwrap().into_inner();
+    assert_eq!(next_of(&mut bob, Kind::Join).await.user_id, "bob");
+
+    // Changes made on A arrive on B in the log's order.
+    send(&mut a, &chat, "ann", "a1", "helo").await;
+    a.edit(pb::EditRequest {
+        client_id: "e1".into(),
+        chat_id: chat.clone(),
+        user_id: "ann".into(),
+        seq: 1,
+        text: "hello".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    a.delete(pb::DeleteRequest {
+        client_id: "d1".into(),
+        chat_id: chat.clone(),
+        user_id: "ann".into(),
+        seq: 1,
+    })
+    .await
+    .unwrap();
+    let log = receive(&mut bob, 3).await;
+    let kinds: Vec<(u64, i32)> = log.iter().map(|m| (m.seq, m.kind)).collect();
+    assert_eq!(
+        kinds,
+        [(1, 0), (2, Kind::Edit as i32), (3, Kind::Delete as i32)]
+    );
+
+    // Ann comes online on A: bob on B sees her join, and B's Presence lists her.
+    let (_atx, req) = connect_request(&chat, "ann", None);
+    let _ann = a.connect(req).await.unwrap().into_inner();
+    assert_eq!(next_of(&mut bob, Kind::Join).await.user_id, "ann");
+    let present = |b: &mut Client| {
+        let (mut b, chat) = (b.clone(), chat.clone());
+        async move {
+            b.presence(pb::PresenceRequest { chat_id: chat })
+                .await
+                .unwrap()
+                .into_inner()
+                .user_ids
+        }
+    };
+    assert_eq!(present(&mut b).await, ["ann", "bob"]);
+    // Typing and reading on A reach B.
+    a.typing(pb::TypingRequest {
+        chat_id: chat.clone(),
+        user_id: "ann".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(next_of(&mut bob, Kind::Typing).await.user_id, "ann");
+    a.mark_read(pb::MarkReadRequest {
+        chat_id: chat.clone(),
+        user_id: "bob".into(),
+        seq: 3,
+    })
+    .await
+    .unwrap();
+    let read = next_of(&mut bob, Kind::Read).await;
+    assert_eq!((read.user_id.as_str(), read.target_seq), ("bob", 3));
+
+    // A dies without a word: within its TTL, ann leaves on B.
+    r[0].signal("-KILL");
+    let _ = r[0].child.wait().await;
+    let left = next_of(&mut bob, Kind::Leave).await;
+    assert_eq!(left.user_id, "ann");
+    assert_eq!(present(&mut b).await, ["bob"]);
+}

@@ -6,6 +6,7 @@ mod common;
 
 use std::{io::Write, process::Stdio};
 
+use chat::pb;
 use common::*;
 
 /// Runs the binary with `args` (and `stdin`); its stdout, or its stderr as the error.
@@ -49,12 +50,48 @@ async fn export_then_import_moves_a_sled_deployment_to_postgres_keeping_everythi
             .await,
         );
     }
+    // An edit and a delete: events in the log, and changed messages.
+    let change = |seq, text: &str| pb::EditRequest {
+        client_id: format!("e{seq}"),
+        chat_id: pair.clone(),
+        user_id: "ann".into(),
+        seq,
+        text: text.into(),
+        ..Default::default()
+    };
+    c.edit(change(2, "message 2, edited")).await.unwrap();
+    c.delete(pb::DeleteRequest {
+        client_id: "d3".into(),
+        chat_id: pair.clone(),
+        user_id: "ann".into(),
+        seq: 3,
+    })
+    .await
+    .unwrap();
+    let log = |c: &mut Client| {
+        let mut c = c.clone();
+        let pair = pair.clone();
+        async move {
+            c.history(pb::HistoryRequest {
+                chat_id: pair,
+                before_seq: Some(5),
+                include_deleted: true,
+                include_events: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages
+        }
+    };
+    let before_move = log(&mut c).await;
     bin.signal("-TERM");
     let mut bin = bin;
     bin.child.wait().await.unwrap();
 
     let exported = chat_cmd(&["export", "--store", sled_dir_s], b"").unwrap();
-    assert_eq!(exported.lines().count(), 2 + 1500);
+    assert_eq!(exported.lines().count(), 2 + 1500 + 2);
     let pg = pg_database(dir.path()).await;
     chat_cmd(&["import", "--store", &pg], exported.as_bytes()).unwrap();
     // Twice: nothing changes the second time.
@@ -78,8 +115,16 @@ async fn export_then_import_moves_a_sled_deployment_to_postgres_keeping_everythi
         again, sent[1],
         "a retry of an old send returns the original"
     );
+    assert_eq!(
+        log(&mut c).await,
+        before_move,
+        "edits and deletions moved too"
+    );
+    // The original send of the edited message is still a retry.
+    let retried = send(&mut c, &pair, "ann", "c2", "message 2").await;
+    assert_eq!(retried.text, "message 2, edited");
     let next = send(&mut c, &pair, "ann", "new", "after the move").await;
-    assert_eq!(next.seq, 1001, "seq continues with no gap");
+    assert_eq!(next.seq, 1003, "seq continues with no gap");
     let err = c.send(send_req(&pair, "eve", "x", "x")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "membership kept");
     assert_eq!(all_messages(&mut c, &open).await.len(), 500);
@@ -96,22 +141,23 @@ async fn migrate_check_changes_nothing_and_migrate_applies_the_schema() {
     let check = chat_cmd(&["migrate", "--check", "--store", &pg], b"").unwrap();
     assert!(check.contains("schema version: 0"), "{check}");
     assert!(check.contains("1: chats, member sets, messages"), "{check}");
+    assert!(check.contains("2: events, read state, inbox"), "{check}");
     let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
     assert_eq!(tables(&client).await, 0, "--check changed nothing");
     let applied = chat_cmd(&["migrate", "--store", &pg], b"").unwrap();
-    assert!(applied.contains("schema version: 1"), "{applied}");
+    assert!(applied.contains("schema version: 2"), "{applied}");
     assert!(applied.contains("pending migrations: none"), "{applied}");
     assert_eq!(
         tables(&client).await,
-        4,
-        "chats, member_sets, messages, chat_schema"
+        5,
+        "chats, member_sets, messages, chat_members, chat_schema"
     );
     let check = chat_cmd(&["migrate", "--check", "--store", &pg], b"").unwrap();
     assert!(
-        check.contains("schema version: 1") && check.contains("none"),
+        check.contains("schema version: 2") && check.contains("none"),
         "{check}"
     );
     // Replicas starting at once take turns on the migration lock.
@@ -127,7 +173,88 @@ async fn migrate_check_changes_nothing_and_migrate_applies_the_schema() {
         s.await.unwrap();
     }
     let out = chat_cmd(&["migrate", "--check", "--store", &pg2], b"").unwrap();
-    assert!(out.contains("schema version: 1"), "{out}");
+    assert!(out.contains("schema version: 2"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_1_is_upgraded_with_inboxes_and_counts_from_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_database(dir.path()).await;
+    let (db, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Schema 1 as the previous release left it, with its data.
+    let (_, name, sql) = chat::store::postgres::MIGRATIONS[0];
+    db.batch_execute(&format!(
+        "CREATE TABLE chat_schema (version int PRIMARY KEY, name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now());
+         {sql};
+         INSERT INTO chat_schema (version, name) VALUES (1, '{name}');"
+    ))
+    .await
+    .unwrap();
+    let (pair, open) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    db.execute(
+        "INSERT INTO chats (chat_id, members, created_at, last_seq) VALUES
+            ($1, '{ann,bob}', 1700000000, 3), ($2, '{}', 1700000001, 2)",
+        &[&pair, &open],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO messages (chat_id, seq, id, user_id, client_id, sent_at, subject, text)
+         VALUES ($1, 1, 'm1', 'bob', 'b1', 1700000010, '', 'one'),
+                ($1, 2, 'm2', 'bob', 'b2', 1700000011, '', 'two'),
+                ($1, 3, 'm3', 'ann', 'a1', 1700000012, '', 'three'),
+                ($2, 1, 'm4', 'cid', 'c1', 1700000020, '', 'open one'),
+                ($2, 2, 'm5', 'cid', 'c2', 1700000021, '', 'open two')",
+        &[&pair, &open],
+    )
+    .await
+    .unwrap();
+
+    let bin = Binary::start(dir.path(), &["--store", &pg]).await;
+    let mut c = bin.client().await;
+    let inbox = |user: &str| pb::ListChatsRequest {
+        user_id: user.into(),
+        ..Default::default()
+    };
+    let ann = c.list_chats(inbox("ann")).await.unwrap().into_inner();
+    assert_eq!(ann.chats.len(), 1);
+    let entry = &ann.chats[0];
+    assert_eq!(entry.chat_id, pair.to_string());
+    assert_eq!((entry.last_seq, entry.unread), (3, 3));
+    assert_eq!(entry.last_message.as_ref().unwrap().text, "three");
+    assert_eq!(entry.last_active_at, 1700000012);
+    // The open chat's poster has it in their inbox.
+    let cid = c.list_chats(inbox("cid")).await.unwrap().into_inner();
+    assert_eq!(cid.chats[0].chat_id, open.to_string());
+    assert_eq!(cid.chats[0].unread, 2);
+    // New entries count on from the old ones.
+    send(&mut c, &pair.to_string(), "bob", "b3", "four").await;
+    let r = c
+        .mark_read(pb::MarkReadRequest {
+            chat_id: pair.to_string(),
+            user_id: "ann".into(),
+            seq: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.read_seq, r.unread), (2, 2));
+    // Old messages can be edited like new ones.
+    c.edit(pb::EditRequest {
+        client_id: "e1".into(),
+        chat_id: pair.to_string(),
+        user_id: "bob".into(),
+        seq: 1,
+        text: "ONE".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(all_messages(&mut c, &pair.to_string()).await[0].text, "ONE");
 }
 
 /// Tables in the public schema.
