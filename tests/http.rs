@@ -205,7 +205,7 @@ async fn every_error_has_the_original_json_shape_and_status_and_stores_nothing()
         "Unsupported Media Type",
     );
     assert_http_error(
-        &post(&server, "Delete", json!({})).await,
+        &post(&server, "Subscribe", json!({})).await,
         404,
         "chat.NotFound",
         "Not Found",
@@ -489,7 +489,7 @@ async fn the_openapi_document_is_served_and_schemathesis_finds_nothing() {
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_schema_conformance,response_headers_conformance,positive_data_acceptance",
             "--max-examples",
-            "60",
+            "100",
             "--seed",
             "1",
         ])
@@ -572,5 +572,126 @@ async fn unknown_fields_and_fractional_integers_are_refused_as_the_openapi_docum
         all_messages(&mut c, &chat).await.is_empty(),
         "nothing was stored"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_read_state_edits_presence_and_typing_work_over_json_and_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_, new) = post(&server, "New", json!({"user_ids": ["ann", "bob"]})).await;
+    let chat = new["chat_id"].as_str().unwrap().to_owned();
+    // bob follows the chat over a WebSocket with events.
+    let (mut bob, _) = tokio_tungstenite::connect_async(ws_url(
+        &server,
+        &format!("chat_id={chat}&user_id=bob&events=all"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_next(&mut bob).await["kind"], "KIND_JOIN");
+    let (code, sent) = post(
+        &server,
+        "Send",
+        json!({"chat_id": chat, "user_id": "ann", "client_id": "a1", "text": "helo"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(sent["message"]["seq"], "1");
+    assert!(
+        sent["message"].get("kind").is_none(),
+        "a message has no kind on the wire"
+    );
+    let (code, edited) = post(
+        &server,
+        "Edit",
+        json!({"chat_id": chat, "user_id": "ann", "client_id": "e1", "seq": "1", "text": "hello"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{edited}");
+    assert_eq!(
+        (
+            edited["event_seq"].as_str(),
+            edited["message"]["text"].as_str()
+        ),
+        (Some("2"), Some("hello"))
+    );
+    let (code, body) = post(
+        &server,
+        "Edit",
+        json!({"chat_id": chat, "user_id": "bob", "client_id": "e2", "seq": 1, "text": "mine now"}),
+    )
+    .await;
+    assert_eq!(
+        (code, body["id"].as_str()),
+        (403, Some("chat.Edit.NotTheSender"))
+    );
+    let (code, _) = post(
+        &server,
+        "Typing",
+        json!({"chat_id": chat, "user_id": "ann"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let got = [
+        ws_next(&mut bob).await,
+        ws_next(&mut bob).await,
+        ws_next(&mut bob).await,
+    ];
+    assert_eq!(got[0]["text"], "helo");
+    assert_eq!(
+        (got[1]["kind"].as_str(), got[1]["target_seq"].as_str()),
+        (Some("KIND_EDIT"), Some("1"))
+    );
+    assert_eq!(
+        (got[2]["kind"].as_str(), got[2]["user_id"].as_str()),
+        (Some("KIND_TYPING"), Some("ann"))
+    );
+
+    let (_, inbox) = post(&server, "ListChats", json!({"user_id": "bob"})).await;
+    assert_eq!(inbox["chats"][0]["chat_id"], chat.as_str());
+    assert_eq!(inbox["chats"][0]["unread"], "1");
+    let (_, read) = post(
+        &server,
+        "MarkRead",
+        json!({"chat_id": chat, "user_id": "bob", "seq": "2"}),
+    )
+    .await;
+    assert_eq!(read["read_seq"], "2");
+    assert!(read.get("unread").is_none(), "0 unread is left out");
+    let (_, state) = post(&server, "ReadState", json!({"chat_id": chat})).await;
+    assert_eq!(
+        state["positions"][1],
+        json!({"user_id": "bob", "read_seq": "2"})
+    );
+    let (_, present) = post(&server, "Presence", json!({"chat_id": chat})).await;
+    assert_eq!(present["user_ids"], json!(["bob"]));
+    let (code, deleted) = post(
+        &server,
+        "Delete",
+        json!({"chat_id": chat, "user_id": "ann", "client_id": "d1", "seq": "1"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(deleted["message"]["deleted"], true);
+    let (_, page) = post(&server, "History", json!({"chat_id": chat})).await;
+    assert!(page.get("messages").is_none(), "{page}");
+    let (_, page) = post(
+        &server,
+        "History",
+        json!({"chat_id": chat, "include_deleted": true}),
+    )
+    .await;
+    assert_eq!(page["messages"][0]["deleted"], true);
+    // A WebSocket asking for something other than all events is refused.
+    let err = tokio_tungstenite::connect_async(ws_url(
+        &server,
+        &format!("chat_id={chat}&user_id=bob&events=most"),
+    ))
+    .await
+    .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400),
+        other => panic!("{other:?}"),
+    }
     server.stop().await;
 }

@@ -64,3 +64,52 @@ async fn node_client_sends_retries_pages_and_resumes_a_stream() {
     assert_eq!(seen["resumed"], serde_json::json!(["5", "6", "7"]));
     server.stop().await;
 }
+
+/// A client generated from the original contract sees a chat with edits
+/// and deletions exactly as it always saw chats: messages only, as they
+/// are now, no tombstone, no event on its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_client_sees_only_messages_as_they_are_now() {
+    use chat::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = common::new_chat(&mut c, &["ann", "bob"]).await;
+    for (i, text) in ["one", "twoo", "three"].iter().enumerate() {
+        common::send(&mut c, &chat, "bob", &format!("b{i}"), text).await;
+    }
+    c.edit(pb::EditRequest {
+        client_id: "e1".into(),
+        chat_id: chat.clone(),
+        user_id: "bob".into(),
+        seq: 2,
+        text: "two".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.delete(pb::DeleteRequest {
+        client_id: "d1".into(),
+        chat_id: chat.clone(),
+        user_id: "bob".into(),
+        seq: 3,
+    })
+    .await
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/old_client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(server.addr.to_string())
+        .arg(&chat)
+        .arg(r#"["one", "two"]"#)
+        .output()
+        .await
+        .expect("python3 must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "the old client saw something new:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}

@@ -159,7 +159,6 @@ impl Chats {
                         ),
                     ));
                 }
-                self.shared.metrics.idempotent_replays.inc();
                 // A retry: the message as it is now.
                 let message = self
                     .shared
