@@ -904,8 +904,12 @@ impl SledStore {
             .transpose()?
             .unwrap_or_default();
         // Written just before the flush that makes its group durable: while
-        // that flush runs, count only what is durable.
-        let durable = self.last_seq(chat)?;
+        // that flush runs, count only what is durable. (A chat with writes
+        // in flight has its seqs in memory; any other's counters are durable.)
+        let in_flight = lock(&self.seqs).chats.get(chat).cloned();
+        let Some(durable) = in_flight.map(|s| lock(&s).durable) else {
+            return Ok(a);
+        };
         if a.last_seq > durable {
             if let Some(last) = self.message(chat, durable)? {
                 a.n = last.n;
