@@ -230,6 +230,13 @@ impl Chats {
             .await?;
         for msg in messages {
             let seq = msg.seq;
+            if matches!(msg.kind, Kind::Edit | Kind::Delete) {
+                // The message as it is now, for streams reading the window.
+                let target = store.read(&state.id, msg.target, msg.target, 1, usize::MAX);
+                if let Some(now) = target.await?.first() {
+                    state.revise(now);
+                }
+            }
             state.publish(Arc::new(msg), &self.shared.budget);
             state.advance(seq);
         }

@@ -2,7 +2,9 @@
 //!
 //! # Key layout
 //!
-//! Everything lives in sled's default tree. The first byte of a key says what
+//! Everything lives in sled's default tree but the inbox keys (`I`, `P`,
+//! `A`), which have a tree of their own, `inbox` (one log and one flush
+//! for both). The first byte of a key says what
 //! it is; integers are big-endian so that byte order is numeric order.
 //!
 //! | key | value | why this order |
@@ -69,6 +71,10 @@ const INBOX: u8 = b'I';
 const POSTER: u8 = b'P';
 const ACTIVITY: u8 = b'A';
 const VERSION: &[u8] = b"V";
+/// Chats whose counters are kept in memory (about 100 bytes each).
+const COUNTERS_CACHED: usize = 1 << 17;
+/// The tree of the `I`, `P` and `A` keys.
+const INBOX_TREE: &str = "inbox";
 /// The key layout this code writes (see the module docs).
 const LAYOUT: u32 = 2;
 /// How far back an inbox preview looks for a message that is not deleted.
@@ -251,6 +257,13 @@ impl From<ChatValue> for ChatRecord {
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    /// The `I`, `P` and `A` keys, in a tree of their own: small, so that
+    /// the inbox's many point reads and its range scan stay shallow.
+    inbox: sled::Tree,
+    /// Chats' counters as their `A` keys hold them (written through by the
+    /// committer), so that an inbox of thousands of chats reads one range
+    /// of `I` keys and memory; at most [`COUNTERS_CACHED`] chats.
+    counters: Arc<Mutex<HashMap<Uuid, ActivityValue>>>,
     /// Per chat being written to: the append lock and the durable seq.
     seqs: Arc<Mutex<Seqs>>,
     /// Serializes New for member sets, so that one set gets one chat.
@@ -277,6 +290,10 @@ struct ChatSeqs {
     durable: u64,
     /// Messages in the log up to `written` ([`Message::n`]).
     messages: u64,
+    /// The newest committed message's seq, as its `A` key holds it: the
+    /// committer, the only writer of `A` keys once a chat exists, writes
+    /// them blind from here.
+    last_message: u64,
 }
 
 impl SledStore {
@@ -292,6 +309,8 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             .open()?;
         let store = SledStore {
+            inbox: db.open_tree(INBOX_TREE)?,
+            counters: Arc::new(Mutex::new(HashMap::new())),
             db,
             seqs: Arc::new(Mutex::new(Seqs {
                 chats: HashMap::new(),
@@ -422,19 +441,24 @@ impl SledStore {
             created_at: record.created_at,
             created_us: record.created_us,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(&chat_key(chat)[..], value.encode_to_vec());
-        if let Some(key) = members_key {
-            batch.insert(key, &chat.as_bytes()[..]);
-        }
+        // The inbox entries first: a crash in between leaves entries of no
+        // chat, which the inbox skips, never a chat missing from an inbox.
+        let mut inbox = sled::Batch::default();
         for user in &record.members {
-            batch.insert(inbox_key(user, chat), ReadValue::default().encode_to_vec());
+            inbox.insert(inbox_key(user, chat), ReadValue::default().encode_to_vec());
         }
         let activity = ActivityValue {
             active_us: record.created_us,
             ..ActivityValue::default()
         };
-        batch.insert(&activity_key(chat)[..], activity.encode_to_vec());
+        inbox.insert(&activity_key(chat)[..], activity.encode_to_vec());
+        self.inbox.apply_batch(inbox)?;
+        self.remember(chat, &activity);
+        let mut batch = sled::Batch::default();
+        batch.insert(&chat_key(chat)[..], value.encode_to_vec());
+        if let Some(key) = members_key {
+            batch.insert(key, &chat.as_bytes()[..]);
+        }
         self.db.apply_batch(batch)?;
         Ok(())
     }
@@ -452,10 +476,16 @@ impl SledStore {
             0 => 0,
             seq => self.message(chat, seq)?.map_or(0, |m| m.n),
         };
+        let key = activity_key(chat);
+        let last_message = match self.inbox.get(key)? {
+            Some(v) => decode::<ActivityValue>(&key, &v)?.last_message,
+            None => last,
+        };
         let state = Arc::new(Mutex::new(ChatSeqs {
             written: last,
             durable: last,
             messages,
+            last_message,
         }));
         if seqs.chats.len() >= seqs.sweep_at {
             // Forget chats with nothing in flight that nobody holds; grow
@@ -611,25 +641,26 @@ impl SledStore {
                 }
             }
         }
-        for (chat, a) in activity {
-            let key = activity_key(&chat);
-            self.db.update_and_fetch(key, |old| {
-                let mut now = old
-                    .and_then(|v| ActivityValue::decode(v).ok())
-                    .unwrap_or_default();
-                if a.last_seq > now.last_seq {
-                    now.last_seq = a.last_seq;
-                    now.n = a.n;
-                    now.active_us = a.active_us;
-                }
-                now.last_message = now.last_message.max(a.last_message);
-                Some(now.encode_to_vec())
-            })?;
+        // Blind writes (no read first): this task is their only writer.
+        for (chat, mut a) in activity {
+            let state = self.chat_seqs(&chat)?;
+            let mut seqs = lock(&state);
+            a.last_message = a.last_message.max(seqs.last_message);
+            seqs.last_message = a.last_message;
+            self.inbox.insert(activity_key(&chat), a.encode_to_vec())?;
+            self.remember(&chat, &a);
         }
         for ((chat, user), mark) in read {
-            if self.raise_read(user, &chat, mark)?.is_none() {
+            // Own messages are newer than anything MarkRead can have set
+            // (it stops at the durable seq), so this only moves forward.
+            let key = inbox_key(user, &chat);
+            let value = ReadValue {
+                seq: mark.seq,
+                n: mark.n,
+            };
+            if self.inbox.insert(&key, value.encode_to_vec())?.is_none() {
                 // A first post: to an open chat (members have theirs from New).
-                self.db.insert(poster_key(&chat, user), &[][..])?;
+                self.inbox.insert(poster_key(&chat, user), &[][..])?;
             }
         }
         self.flush().await?;
@@ -818,7 +849,7 @@ impl SledStore {
     /// it); the position before, if the user had one.
     fn raise_read(&self, user: &str, chat: &Uuid, mark: ReadMark) -> Result<Option<ReadMark>> {
         let key = inbox_key(user, chat);
-        let old = self.db.fetch_and_update(&key, |old| {
+        let old = self.inbox.fetch_and_update(&key, |old| {
             let now = old
                 .and_then(|v| ReadValue::decode(v).ok())
                 .unwrap_or_default();
@@ -841,7 +872,7 @@ impl SledStore {
     pub fn read_mark(&self, user: &str, chat: &Uuid) -> Result<ReadMark> {
         let key = inbox_key(user, chat);
         Ok(self
-            .db
+            .inbox
             .get(&key)?
             .map(|v| decode::<ReadValue>(&key, &v))
             .transpose()?
@@ -861,7 +892,7 @@ impl SledStore {
         let before = self.raise_read(user, chat, ReadMark { seq, n })?;
         let chat_open = self.chat(chat)?.is_some_and(|c| c.members.is_empty());
         if before.is_none() && chat_open {
-            self.db.insert(poster_key(chat, user), &[][..])?;
+            self.inbox.insert(poster_key(chat, user), &[][..])?;
         }
         let now = match before {
             Some(b) if b.seq >= seq => b,
@@ -880,7 +911,7 @@ impl SledStore {
     ) -> Result<Vec<(String, ReadMark)>> {
         let mut out = Vec::new();
         if users.is_empty() {
-            for entry in self.db.scan_prefix(poster_prefix(chat)).take(limit) {
+            for entry in self.inbox.scan_prefix(poster_prefix(chat)).take(limit) {
                 let (key, _) = entry?;
                 let user = String::from_utf8_lossy(&key[17..]).into_owned();
                 let mark = self.read_mark(&user, chat)?;
@@ -896,13 +927,21 @@ impl SledStore {
 
     /// The chat's counters as far as they are durable.
     fn activity(&self, chat: &Uuid) -> Result<ActivityValue> {
-        let key = activity_key(chat);
-        let mut a = self
-            .db
-            .get(key)?
-            .map(|v| decode::<ActivityValue>(&key, &v))
-            .transpose()?
-            .unwrap_or_default();
+        let cached = lock(&self.counters).get(chat).cloned();
+        let mut a = match cached {
+            Some(a) => a,
+            None => {
+                let key = activity_key(chat);
+                let a = self
+                    .inbox
+                    .get(key)?
+                    .map(|v| decode::<ActivityValue>(&key, &v))
+                    .transpose()?
+                    .unwrap_or_default();
+                self.remember(chat, &a);
+                a
+            }
+        };
         // Written just before the flush that makes its group durable: while
         // that flush runs, count only what is durable. (A chat with writes
         // in flight has its seqs in memory; any other's counters are durable.)
@@ -921,6 +960,16 @@ impl SledStore {
         Ok(a)
     }
 
+    /// Keeps a chat's counters in memory as its `A` key now holds them.
+    fn remember(&self, chat: &Uuid, a: &ActivityValue) {
+        let mut counters = lock(&self.counters);
+        if counters.len() >= COUNTERS_CACHED && !counters.contains_key(chat) {
+            // A cache: starting over is always correct.
+            counters.clear();
+        }
+        counters.insert(*chat, a.clone());
+    }
+
     /// `user`'s inbox (see [`super::Store::inbox`]).
     pub fn inbox(
         &self,
@@ -930,7 +979,7 @@ impl SledStore {
     ) -> Result<Vec<InboxEntry>> {
         let prefix = inbox_prefix(user);
         let mut all = Vec::new();
-        for entry in self.db.scan_prefix(&prefix) {
+        for entry in self.inbox.scan_prefix(&prefix) {
             let (key, value) = entry?;
             let Ok(chat) = Uuid::from_slice(&key[prefix.len()..]) else {
                 continue;
@@ -998,8 +1047,9 @@ impl SledStore {
             let record = ChatRecord::from(decode::<ChatValue>(&key, &value)?);
             for user in &record.members {
                 let key = inbox_key(user, &chat);
-                if !self.db.contains_key(&key)? {
-                    self.db.insert(key, ReadValue::default().encode_to_vec())?;
+                if !self.inbox.contains_key(&key)? {
+                    self.inbox
+                        .insert(key, ReadValue::default().encode_to_vec())?;
                 }
             }
             if record.members.is_empty() {
@@ -1016,7 +1066,7 @@ impl SledStore {
                 active_us: newest.map_or(record.created_us, |m| m.at_us),
                 last_message: last,
             };
-            self.db.insert(activity_key(&chat), a.encode_to_vec())?;
+            self.inbox.insert(activity_key(&chat), a.encode_to_vec())?;
         }
         for entry in self.db.scan_prefix([DEDUPE]) {
             let (key, _) = entry?;
@@ -1025,10 +1075,11 @@ impl SledStore {
             };
             if open.contains(&chat) {
                 let key = inbox_key(&user, &chat);
-                if !self.db.contains_key(&key)? {
-                    self.db.insert(key, ReadValue::default().encode_to_vec())?;
+                if !self.inbox.contains_key(&key)? {
+                    self.inbox
+                        .insert(key, ReadValue::default().encode_to_vec())?;
                 }
-                self.db.insert(poster_key(&chat, &user), &[][..])?;
+                self.inbox.insert(poster_key(&chat, &user), &[][..])?;
             }
         }
         self.db
@@ -1108,7 +1159,8 @@ impl SledStore {
                     active_us: newest.at_us,
                     last_message: last,
                 };
-                self.db.insert(activity_key(&chat), a.encode_to_vec())?;
+                self.inbox.insert(activity_key(&chat), a.encode_to_vec())?;
+                lock(&self.counters).remove(&chat);
             }
         }
         Ok(())

@@ -9,9 +9,11 @@
 //! full run. Ratios, not absolute numbers, are what compare across runs.
 //! Scenario 9 ([`postgres`]) measures the PostgreSQL store on a throwaway
 //! cluster it starts with `scripts/pg-cluster`; scenario 10 ([`abuse`])
-//! what hostile clients can make the server hold.
+//! what hostile clients can make the server hold; scenario 12 ([`inbox`])
+//! the inbox of a user in 10,000 chats.
 
 mod abuse;
+mod inbox;
 mod postgres;
 mod redis;
 mod report;
@@ -1054,7 +1056,7 @@ async fn run_once(args: &Args, bin: &Path, pin: bool) -> Result<Report, BoxError
         for<'a> fn(
             &'a mut Bench,
         ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + 'a>>;
-    let scenarios: [(u32, Scenario); 8] = [
+    let scenarios: [(u32, Scenario); 9] = [
         (1, |b| Box::pin(b.scenario1())),
         (2, |b| Box::pin(b.scenario2())),
         (3, |b| Box::pin(b.scenario3())),
@@ -1062,6 +1064,7 @@ async fn run_once(args: &Args, bin: &Path, pin: bool) -> Result<Report, BoxError
         (5, |b| Box::pin(b.scenario5())),
         (7, |b| Box::pin(b.scenario7())),
         (11, |b| Box::pin(b.scenario11())),
+        (12, |b| Box::pin(b.scenario12())),
         (8, |b| Box::pin(b.scenario8())),
     ];
     for (n, run) in scenarios {
