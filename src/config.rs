@@ -163,6 +163,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_PRESENCE_TTL", default_value_t = 30)]
     pub presence_ttl: u64,
 
+    /// Serve the web client (a chat in the browser) at `/` on --listen.
+    /// `--web-ui=false` turns it off.
+    #[arg(long, env = "CHAT_WEB_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub web_ui: bool,
+
     /// Relay typing signals (the Typing RPC). `--typing=false` turns it off.
     #[arg(long, env = "CHAT_TYPING", default_value_t = true, action = clap::ArgAction::Set)]
     pub typing: bool,

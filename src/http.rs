@@ -62,11 +62,63 @@ pub struct Options {
     /// Browser origins allowed to open a WebSocket besides the service's
     /// own (`--cors-origins`; `*` for any, `null` for pages opened from disk).
     pub origins: Vec<String>,
+    /// Serve the web client at `/` (`--web-ui`).
+    pub web_ui: bool,
+}
+
+/// The web client (web/), compiled into the binary: path, content type, body.
+const WEB_UI: [(&str, &str, &str); 4] = [
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/app.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../web/style.css"),
+    ),
+];
+
+/// The web client's routes. Its script may only come from here, and the
+/// page may only be framed by itself (clickjacking).
+fn web_ui(mut router: Router<Http>) -> Router<Http> {
+    for (path, content_type, body) in WEB_UI {
+        router = router.route(
+            path,
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, content_type),
+                        (
+                            header::CONTENT_SECURITY_POLICY,
+                            "default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'self'",
+                        ),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    body,
+                )
+            }),
+        );
+    }
+    router
 }
 
 /// The HTTP/JSON routes, to be merged with the gRPC ones.
 pub fn router(chats: Chats, auth: Arc<Auth>, options: Options) -> Router {
-    Router::new()
+    let web = options.web_ui;
+    let router = Router::new()
         .route("/chat/Chat/New", post(new))
         .route("/chat/Chat/History", post(history))
         .route("/chat/Chat/Send", post(send))
@@ -78,14 +130,15 @@ pub fn router(chats: Chats, auth: Arc<Auth>, options: Options) -> Router {
         .route("/chat/Chat/Delete", post(delete))
         .route("/chat/Chat/Presence", post(presence))
         .route("/chat/Chat/Typing", post(typing))
-        .route("/openapi.json", get(openapi))
-        .with_state(Http {
-            chats,
-            auth,
-            max_body: options.max_body,
-            keepalive: options.keepalive,
-            origins: Arc::new(options.origins),
-        })
+        .route("/openapi.json", get(openapi));
+    let router = if web { web_ui(router) } else { router };
+    router.with_state(Http {
+        chats,
+        auth,
+        max_body: options.max_body,
+        keepalive: options.keepalive,
+        origins: Arc::new(options.origins),
+    })
 }
 
 /// Whether a WebSocket may be opened from the page whose `Origin` the

@@ -276,6 +276,7 @@ impl Server {
                             .keepalive_interval()
                             .map(|every| (every, Duration::from_secs(config.keepalive_timeout))),
                         origins: config.cors_origins.clone(),
+                        web_ui: config.web_ui,
                     },
                 ))
                 .fallback(http::fallback)
@@ -297,6 +298,11 @@ impl Server {
                     StoreSpec::Sled(dir) => {
                         tracing::info!(%addr, tls, data_dir = ?dir, "serving gRPC")
                     }
+                }
+                if config.web_ui {
+                    let scheme = if tls == "off" { "http" } else { "https" };
+                    let url = format!("{scheme}://{}/", web_address(addr));
+                    tracing::info!(%url, "the web client: open it in a browser");
                 }
             }
             let health_server = health_listener
@@ -478,4 +484,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     Server::open(config).await?.serve(listener, shutdown).await
+}
+
+/// The address to show for the web client: a wildcard listen address is
+/// reached as localhost on this machine.
+fn web_address(addr: std::net::SocketAddr) -> String {
+    match addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        true => format!("localhost:{}", addr.port()),
+        false => addr.to_string(),
+    }
 }

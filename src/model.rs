@@ -206,7 +206,10 @@ pub enum Outcome {
     /// Stored now, under a new seq.
     Stored(Message),
     /// An edit or delete event stored now, and its message as it is now.
-    Event { event: Message, target: Message },
+    Event {
+        event: Message,
+        target: Box<Message>,
+    },
     /// An edit or delete the store refused; nothing was stored.
     Refused(Refusal),
     /// The (chat, user, client_id) was already stored: that message,

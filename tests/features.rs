@@ -578,7 +578,7 @@ async fn the_inbox_lists_a_users_chats_most_recently_active_first_with_unread_co
     assert_eq!(p1.chats.len(), 2);
     assert!(!p1.next_cursor.is_empty());
     let p2 = inbox(&mut c, "ann", 2, &p1.next_cursor).await.unwrap();
-    assert_eq!(ids(&p2), [b.clone()]);
+    assert_eq!(ids(&p2), [b]);
     assert!(p2.next_cursor.is_empty());
     let e = inbox(&mut c, "ann", 2, "not-a-cursor").await.unwrap_err();
     assert_error(&e, Code::InvalidArgument, "chat.ListChats.InvalidCursor");

@@ -159,7 +159,10 @@ pub(super) async fn commit_loop(
                     state.revise(&target);
                     state.publish(event.clone(), &budget);
                     state.advance(seq);
-                    Ok(Answer::Event { event, target })
+                    Ok(Answer::Event {
+                        event,
+                        target: *target,
+                    })
                 }
                 (true, Some((Outcome::Refused(why), _))) => Ok(Answer::Refused(why)),
                 (true, Some((Outcome::Existing { stored, same }, _))) => {

@@ -119,7 +119,7 @@ impl Chats {
         let before = self
             .shared
             .store
-            .read_marks(&chat.id, &[user.clone()], 1)
+            .read_marks(&chat.id, std::slice::from_ref(&user), 1)
             .await?;
         let (mark, messages) = self.shared.store.mark_read(&user, &chat.id, seq).await?;
         // Durable before acknowledged (sled makes it so with the next flush).

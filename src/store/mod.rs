@@ -75,7 +75,10 @@ pub enum Staged {
     Deferred(Append),
     /// An edit or delete event written under its seq with its message
     /// rewritten, not yet durable (sled).
-    Event { event: Message, target: Message },
+    Event {
+        event: Message,
+        target: Box<Message>,
+    },
     /// An edit or delete refused; nothing written (sled).
     Refused(Refusal),
 }

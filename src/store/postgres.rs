@@ -851,7 +851,10 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(Outcome::Event { event, target })
+        Ok(Outcome::Event {
+            event,
+            target: Box::new(target),
+        })
     }
 
     /// `user`'s inbox (see [`super::Store::inbox`]): one index range of

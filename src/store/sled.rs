@@ -606,7 +606,7 @@ impl SledStore {
         self.db.apply_batch(batch)?;
         Ok(Staged::Event {
             event,
-            target: target.into(),
+            target: Box::new(target.into()),
         })
     }
 

@@ -8,6 +8,7 @@
 //! a restart finds its data); otherwise the sled store in the test dir.
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod browser;
 pub mod pki;
 
 use std::{net::SocketAddr, path::Path};
@@ -270,6 +271,18 @@ impl Binary {
 
     /// Starts the binary; `Err` holds its log if it exits before serving.
     pub async fn try_start(dir: &Path, extra: &[&str]) -> Result<Binary, String> {
+        Binary::try_start_on(dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Starts the binary listening on `listen` (a restart on the same
+    /// address, for clients that reconnect by themselves).
+    pub async fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> Binary {
+        Binary::try_start_on(dir, listen, extra)
+            .await
+            .unwrap_or_else(|log| panic!("chat did not start:\n{log}"))
+    }
+
+    pub async fn try_start_on(dir: &Path, listen: &str, extra: &[&str]) -> Result<Binary, String> {
         use tokio::io::AsyncBufReadExt;
         // Unless the test names its store itself.
         let store = match extra.contains(&"--store") {
@@ -277,13 +290,7 @@ impl Binary {
             false => pg_url(dir).await.map(|url| vec!["--store".to_owned(), url]),
         };
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
+            .args(["--listen", listen, "--log-format", "json", "--data-dir"])
             .arg(dir)
             .args(store.unwrap_or_default())
             .args(extra)
