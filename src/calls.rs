@@ -13,6 +13,14 @@ use crate::{
 
 type Caller<'a> = Option<&'a crate::auth::Identity>;
 
+/// The rate limit a call counts against: the ones that write (an edit or a
+/// delete is a log entry like a message; a read position or a typing signal
+/// a write or a notification) count as Sends.
+pub(crate) fn limited_as(method: &str) -> Option<crate::chat::rate::Action> {
+    matches!(method, "Edit" | "Delete" | "MarkRead" | "Typing")
+        .then_some(crate::chat::rate::Action::Send)
+}
+
 pub(crate) async fn list_chats(
     chats: &Chats,
     req: pb::ListChatsRequest,

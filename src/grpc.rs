@@ -59,7 +59,8 @@ impl ChatService {
         .await
     }
 
-    /// Runs one of the unary calls in [`crate::calls`] with the verified caller.
+    /// Runs one of the unary calls in [`crate::calls`] with the verified
+    /// caller, counted against its rate limit if it has one.
     async fn unary<Req, Resp, F, Fut>(
         &self,
         method: &'static str,
@@ -72,6 +73,10 @@ impl ChatService {
     {
         self.observe(method, "", async {
             let caller = self.caller(&request).await?;
+            if let Some(action) = calls::limited_as(method) {
+                self.chats
+                    .admit(action, &rate_key(&request, caller.as_ref()))?;
+            }
             call(self.chats.clone(), request.into_inner(), caller).await
         })
         .await

@@ -319,7 +319,10 @@ macro_rules! json_calls {
                 addr.map(|Extension(a)| a.0),
                 headers,
                 body,
-                |http, req, caller, _| async move {
+                |http, req, caller, who| async move {
+                    if let Some(action) = crate::calls::limited_as($method) {
+                        http.chats.admit(action, &who)?;
+                    }
                     Ok((crate::calls::$name(&http.chats, req, caller.as_ref()).await?, None))
                 },
             )

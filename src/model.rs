@@ -77,9 +77,13 @@ impl Kind {
     }
 }
 
-/// The digest of a subject and text, as kept in [`Message::original`].
-pub fn content_digest(subject: &str, text: &str) -> Vec<u8> {
+/// The digest of a subject and text, as kept in [`Message::original`]:
+/// salted with the entry's id, so that a deleted short text cannot be
+/// found by hashing guesses once for every store.
+pub fn content_digest(id: &str, subject: &str, text: &str) -> Vec<u8> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&(id.len() as u64).to_be_bytes());
+    ctx.update(id.as_bytes());
     ctx.update(&(subject.len() as u64).to_be_bytes());
     ctx.update(subject.as_bytes());
     ctx.update(text.as_bytes());
@@ -92,7 +96,7 @@ impl Message {
     pub fn same_content(&self, subject: &str, text: &str) -> bool {
         match self.original.is_empty() {
             true => self.subject == subject && self.text == text,
-            false => self.original == content_digest(subject, text),
+            false => self.original == content_digest(&self.id, subject, text),
         }
     }
 
@@ -176,7 +180,12 @@ pub enum Refusal {
     NotTheSender(String),
     /// An edit of a deleted message.
     Deleted,
+    /// An edit of a message edited [`MAX_EDITS`] times already.
+    TooManyEdits,
 }
+
+/// The most edits of one message (each is a log entry, and a delete clears them all).
+pub const MAX_EDITS: usize = 1000;
 
 /// A stored chat.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -777,3 +777,88 @@ async fn a_sled_store_of_layout_1_gets_its_inboxes_and_counters_on_first_open() 
     assert_eq!(readers.positions.len(), 1, "the open chat's poster");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_half_closed_old_stream_ends_when_the_chat_ends_in_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    send(&mut c, &chat, "ann", "a1", "one").await;
+    c.edit(edit_req(&chat, "ann", "e1", 1, "ONE"))
+        .await
+        .unwrap();
+    // A stream without events, from the start: it gets message 1, then the
+    // client half-closes; the edit at seq 2 is the chat's last entry.
+    let (tx, mut rx) = open(&mut c, &chat, "bob", Some("0"), false).await;
+    assert_eq!(next(&mut rx).await.text, "ONE");
+    drop(tx);
+    let end = tokio::time::timeout(Duration::from_secs(10), rx.message())
+        .await
+        .expect("the call ends after the half-close");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_id_reused_for_another_message_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    send(&mut c, &chat, "ann", "a1", "one").await;
+    send(&mut c, &chat, "ann", "a2", "two").await;
+    c.delete(delete_req(&chat, "ann", "d1", 1)).await.unwrap();
+    let e = c
+        .delete(delete_req(&chat, "ann", "d1", 2))
+        .await
+        .unwrap_err();
+    assert_error(&e, Code::AlreadyExists, "chat.Delete.ClientIDReused");
+    c.edit(edit_req(&chat, "ann", "e1", 2, "same text"))
+        .await
+        .unwrap();
+    let e = c
+        .edit(edit_req(&chat, "ann", "e1", 1, "same text"))
+        .await
+        .unwrap_err();
+    assert_error(&e, Code::AlreadyExists, "chat.Edit.ClientIDReused");
+    assert_eq!(all_messages(&mut c, &chat).await[0].text, "same text");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn edits_and_typing_count_against_the_send_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path()).await;
+    // One token, back after 10 s: the Send takes it, nothing else may write.
+    config.rate_limit_send = 0.1;
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &[]).await;
+    send(&mut c, &chat, "ann", "a1", "one").await;
+    let e = c
+        .edit(edit_req(&chat, "ann", "e1", 1, "ONE"))
+        .await
+        .unwrap_err();
+    assert_error(&e, Code::ResourceExhausted, "chat.RateLimited");
+    let e = c
+        .typing(pb::TypingRequest {
+            chat_id: chat.clone(),
+            user_id: "ann".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&e, Code::ResourceExhausted, "chat.RateLimited");
+    let e = c
+        .delete(delete_req(&chat, "ann", "d1", 1))
+        .await
+        .unwrap_err();
+    assert_error(&e, Code::ResourceExhausted, "chat.RateLimited");
+    let stored = all_messages(&mut c, &chat).await;
+    assert_eq!(
+        (stored.len(), stored[0].text.as_str()),
+        (1, "one"),
+        "refused: nothing changed"
+    );
+    server.stop().await;
+}

@@ -120,6 +120,22 @@ async fn export_then_import_moves_a_sled_deployment_to_postgres_keeping_everythi
         before_move,
         "edits and deletions moved too"
     );
+    // Inboxes came along: members have their chat, the open chat's posters theirs.
+    for user in ["ann", "bob"] {
+        let inbox = c
+            .list_chats(pb::ListChatsRequest {
+                user_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut chats: Vec<String> = inbox.chats.into_iter().map(|s| s.chat_id).collect();
+        chats.sort();
+        let mut want = vec![pair.clone(), open.clone()];
+        want.sort();
+        assert_eq!(chats, want, "{user}'s inbox after the move");
+    }
     // The original send of the edited message is still a retry.
     let retried = send(&mut c, &pair, "ann", "c2", "message 2").await;
     assert_eq!(retried.text, "message 2, edited");

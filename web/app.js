@@ -378,7 +378,7 @@ class Room {
         this.regroupAll();
         break;
       case "KIND_READ":
-        this.readers.set(m.user_id, Number(m.target_seq || 0));
+        this.readers.set(m.user_id, Math.max(this.readers.get(m.user_id) || 0, Number(m.target_seq || 0)));
         this.showReceipts();
         break;
       case "KIND_TYPING":
@@ -452,9 +452,11 @@ class Room {
   async edit(seq, text) {
     this.stopEditing();
     const li = this.find(seq);
+    // One client_id for every attempt of this edit, even if another starts meanwhile.
+    const clientId = li?.dataset.editId || uuid();
     for (let attempt = 0; ; attempt++) {
       try {
-        const r = await call("Edit", { chat_id: this.chatId, user_id: me.user, client_id: li?.dataset.editId || uuid(), seq: String(seq), text });
+        const r = await call("Edit", { chat_id: this.chatId, user_id: me.user, client_id: clientId, seq: String(seq), text });
         if (li) this.setText(li, r.message);
         return;
       } catch (e) {
@@ -468,6 +470,8 @@ class Room {
   }
 
   async remove(li) {
+    if (li.dataset.deleting) return; // one delete per message, however often clicked
+    li.dataset.deleting = "1";
     const clientId = uuid();
     for (let attempt = 0; ; attempt++) {
       try {

@@ -198,6 +198,13 @@ fn refused(kind: Kind, why: Refusal, seq: u64) -> Error {
             error_id(kind, "Deleted"),
             format!("message {seq} was deleted; a deleted message cannot be edited"),
         ),
+        Refusal::TooManyEdits => Error::FailedPrecondition(
+            error_id(kind, "TooManyEdits"),
+            format!(
+                "message {seq} has been edited {} times, the most there may be; send a new message",
+                crate::model::MAX_EDITS
+            ),
+        ),
     }
 }
 
@@ -226,6 +233,7 @@ fn error_id(kind: Kind, what: &str) -> &'static str {
         "ClientIDReused",
         "NoSuchMessage",
         "NotTheSender",
-        "Deleted"
+        "Deleted",
+        "TooManyEdits"
     )
 }

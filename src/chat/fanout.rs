@@ -221,7 +221,9 @@ impl Chats {
         let store = &self.shared.store;
         if state.durable.receiver_count() == 0 || seq - durable > RECENT as u64 {
             // Nobody to serve from memory, or too much for the window:
-            // streams read the store themselves.
+            // streams read the store themselves (the window may hold
+            // messages edited or deleted in what was skipped).
+            lock(&state.recent).clear();
             state.advance(seq.min(store.last_seq(&state.id).await?));
             return Ok(());
         }
@@ -367,7 +369,8 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next messages, in seq order, each exactly once; waits while there
-    /// are none. At most `--stream-buffer` messages and
+    /// are none. Empty when all it read is hidden from this stream's view
+    /// (events, tombstones), so that [`Subscription::delivered`] moves on. At most `--stream-buffer` messages and
     /// `--stream-buffer-bytes` (but for the first), leased from the memory
     /// budget until the next call. Cancel-safe: nothing is consumed until
     /// it returns.
@@ -403,10 +406,9 @@ impl Subscription {
                 if let Some(last) = batch.last() {
                     self.next = last.seq + 1;
                     batch.retain(|m| m.shown(self.view));
-                    if batch.is_empty() {
-                        // Only what this stream does not show: read on.
-                        continue;
-                    }
+                    // Possibly empty (only entries this stream does not
+                    // show): the caller still learns how far it got, which
+                    // a half-closed call waits for.
                     self.lease = Some(lease);
                     return Ok(batch);
                 }

@@ -78,6 +78,9 @@ pub enum Staged {
     Event {
         event: Message,
         target: Box<Message>,
+        /// The seqs of the entries it rewrites (its message, a delete's
+        /// edits), which become visible once it is durable.
+        rewritten: Vec<u64>,
     },
     /// An edit or delete refused; nothing written (sled).
     Refused(Refusal),

@@ -96,7 +96,9 @@ use crate::model::{
     ReadMark, Refusal, View,
 };
 
-/// The schema's migrations, in order. Expand-then-contract: a migration only
+/// The schema's migrations, in order. (Migration 2 needs the replicas of
+/// the version before it stopped: they keep no counts and would serve
+/// events as messages.) Expand-then-contract: a migration only
 /// adds (tables, nullable columns, indexes), so replicas of this version and
 /// the previous one can share the schema during a rolling upgrade; what a
 /// later version stops using is dropped a release after.
@@ -658,9 +660,15 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "INSERT INTO chats (chat_id, members, created_at) VALUES ($1, $2, $3)
+            "INSERT INTO chats (chat_id, members, created_at, active_us) VALUES ($1, $2, $3, $4)
              ON CONFLICT (chat_id) DO NOTHING",
-            &[&id, &record.members, &record.created_at],
+            &[&id, &record.members, &record.created_at, &record.created_us],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO chat_members (user_id, chat_id) SELECT unnest($1::text[]), $2
+             ON CONFLICT DO NOTHING",
+            &[&record.members, &id],
         )
         .await?;
         if !record.members.is_empty() {
@@ -704,6 +712,15 @@ impl PgStore {
         tx.execute(
             &format!("{} ON CONFLICT DO NOTHING", insert_messages()),
             &rows.params(),
+        )
+        .await?;
+        // An open chat's posters have it in their inbox.
+        tx.execute(
+            "INSERT INTO chat_members (user_id, chat_id)
+             SELECT DISTINCT m.user_id, m.chat_id FROM messages m JOIN chats c USING (chat_id)
+             WHERE m.chat_id = $1 AND c.members = '{}' AND m.kind = 0
+             ON CONFLICT DO NOTHING",
+            &[&chat],
         )
         .await?;
         let last: i64 = tx
@@ -760,8 +777,9 @@ impl PgStore {
                 .await?;
             if let Some(row) = found {
                 let stored = message(&row);
-                let same =
-                    stored.kind == event.kind && stored.same_content(&event.subject, &event.text);
+                let same = stored.kind == event.kind
+                    && stored.target == event.target
+                    && stored.same_content(&event.subject, &event.text);
                 tx.commit().await?;
                 return Ok(Outcome::Existing { stored, same });
             }
@@ -777,10 +795,22 @@ impl PgStore {
             )
             .await?
             .map(|r| message(&r));
+        let edits: i64 = match event.kind {
+            Kind::Edit => tx
+                .query_one(
+                    "SELECT count(*) FROM messages
+                     WHERE chat_id = $1 AND target_seq = $2 AND kind = 1",
+                    &[&chat, &target_seq],
+                )
+                .await?
+                .get(0),
+            _ => 0,
+        };
         let refused = match &target {
             None => Some(Refusal::NoSuchMessage),
             Some(t) if t.user_id != event.user_id => Some(Refusal::NotTheSender(t.user_id.clone())),
             Some(t) if t.deleted && event.kind == Kind::Edit => Some(Refusal::Deleted),
+            Some(_) if edits >= crate::model::MAX_EDITS as i64 => Some(Refusal::TooManyEdits),
             Some(_) => None,
         };
         if let Some(why) = refused {
@@ -793,7 +823,7 @@ impl PgStore {
         event.seq = counters.get::<_, i64>(0) as u64 + 1;
         event.n = counters.get::<_, i64>(1) as u64;
         if target.original.is_empty() {
-            target.original = content_digest(&target.subject, &target.text);
+            target.original = content_digest(&target.id, &target.subject, &target.text);
         }
         match event.kind {
             Kind::Edit => {
@@ -809,7 +839,8 @@ impl PgStore {
                 // (the same digest as `content_digest`, computed here).
                 tx.execute(
                     "UPDATE messages SET original = coalesce(original, sha256(
-                        int8send(octet_length(subject)::int8) || convert_to(subject, 'UTF8')
+                        int8send(octet_length(id)::int8) || convert_to(id, 'UTF8')
+                        || int8send(octet_length(subject)::int8) || convert_to(subject, 'UTF8')
                         || convert_to(text, 'UTF8'))),
                         subject = '', text = '', deleted = true
                      WHERE chat_id = $1 AND target_seq = $2 AND kind <> 0",
@@ -1091,8 +1122,9 @@ async fn append_group(
                 message.client_id.clone(),
             );
             if let Some(m) = stored.get(&key) {
-                let same =
-                    m.kind == message.kind && m.same_content(&message.subject, &message.text);
+                let same = m.kind == message.kind
+                    && m.target == message.target
+                    && m.same_content(&message.subject, &message.text);
                 out.push(Outcome::Existing {
                     stored: m.clone(),
                     same,

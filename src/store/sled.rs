@@ -17,13 +17,20 @@
 //! | `P` chat(16) user | empty | who has posted to an open chat (ReadState lists their read positions) |
 //! | `A` chat(16) | [`ActivityValue`] | the chat's counters for the inbox: last seq, message count, last activity; one write per chat per commit group, so unread counts cost no write per recipient |
 //! | `V` | layout version (u32) | 2: the `I`, `P` and `A` keys exist for every chat (written from the rest on first open) |
+//! | `Q` chat(16) seq(8) at(8) | [`MessageValue`] | an edit's or delete's rewrite of the entry at `seq`, by the change at seq `at`, until that change is durable (see below) |
 //! | `H` | 66 KiB of zeros, removed at once | the write probe of readiness after a failed write ([`SledStore::ping`]); no other key starts with `H` |
 //!
 //! A chat's log under `M` holds messages and their edit and delete events
 //! (one gap-free seq for both). An edit rewrites its message in place (and
 //! lists the event's seq in it); a delete clears the message's subject and
 //! text and those of its edits, so the bytes are gone once sled compacts.
-//! Both go in one sled batch with the event: rare, so its global lock is fine.
+//! The message is already durable and readable, so its rewrite must not
+//! show before the change is durable: the change's entry and its rewrites
+//! (under `Q` keys) go in one batch (rare, so sled's global batch lock is
+//! fine); after the flush that makes them durable, each rewrite moves over
+//! its entry, in one batch with the removal of its `Q` key. A crash between
+//! leaves the `Q` key, which the next open settles. A change staged while
+//! another's rewrite is pending builds on that rewrite.
 //!
 //! `chat(16)` is the chat's UUID in its 16 raw bytes. Values are protobuf
 //! encodings (prost) of the value types below, so new fields can be added
@@ -67,6 +74,7 @@ const CHAT: u8 = b'C';
 const MESSAGE: u8 = b'M';
 const DEDUPE: u8 = b'D';
 const MEMBERS: u8 = b'U';
+const PENDING: u8 = b'Q';
 const INBOX: u8 = b'I';
 const POSTER: u8 = b'P';
 const ACTIVITY: u8 = b'A';
@@ -290,10 +298,9 @@ struct ChatSeqs {
     durable: u64,
     /// Messages in the log up to `written` ([`Message::n`]).
     messages: u64,
-    /// The newest committed message's seq, as its `A` key holds it: the
-    /// committer, the only writer of `A` keys once a chat exists, writes
-    /// them blind from here.
-    last_message: u64,
+    /// The chat's counters as its `A` key holds them: the committer, the
+    /// only writer of `A` keys once a chat exists, writes them blind from here.
+    counters: ActivityValue,
 }
 
 impl SledStore {
@@ -321,6 +328,7 @@ impl SledStore {
             dir: Arc::new(dir.to_owned()),
             stuck: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         };
+        store.settle_all()?;
         store.upgrade()?;
         Ok(store)
     }
@@ -477,15 +485,15 @@ impl SledStore {
             seq => self.message(chat, seq)?.map_or(0, |m| m.n),
         };
         let key = activity_key(chat);
-        let last_message = match self.inbox.get(key)? {
-            Some(v) => decode::<ActivityValue>(&key, &v)?.last_message,
-            None => last,
+        let counters = match self.inbox.get(key)? {
+            Some(v) => decode::<ActivityValue>(&key, &v)?,
+            None => ActivityValue::default(),
         };
         let state = Arc::new(Mutex::new(ChatSeqs {
             written: last,
             durable: last,
             messages,
-            last_message,
+            counters,
         }));
         if seqs.chats.len() >= seqs.sweep_at {
             // Forget chats with nothing in flight that nobody holds; grow
@@ -515,7 +523,9 @@ impl SledStore {
         let seq = seqs.written + 1;
         if dedupe {
             if let Some(stored) = self.claim(&msg.chat, &msg.user_id, &msg.client_id, seq)? {
-                let same = stored.kind == msg.kind && stored.same_content(&msg.subject, &msg.text);
+                let same = stored.kind == msg.kind
+                    && stored.target == msg.target
+                    && stored.same_content(&msg.subject, &msg.text);
                 return Ok(Staged::Existing { stored, same });
             }
         }
@@ -547,14 +557,8 @@ impl SledStore {
     /// message, in one batch; or refuses it. The caller holds the chat's
     /// append lock, so the message cannot change in between.
     fn stage_event(&self, mut event: Message, messages: u64) -> Result<Staged> {
-        let key = message_key(&event.chat, event.target);
-        let found = match event.target {
-            0 => None,
-            _ => self.db.get(key)?,
-        };
-        let target = match found {
-            Some(v) => decode::<MessageValue>(&key, &v)?,
-            None => return Ok(Staged::Refused(Refusal::NoSuchMessage)),
+        let Some(mut target) = self.current(&event.chat, event.target)? else {
+            return Ok(Staged::Refused(Refusal::NoSuchMessage));
         };
         if target.kind != Kind::Message.number() {
             return Ok(Staged::Refused(Refusal::NoSuchMessage));
@@ -566,12 +570,16 @@ impl SledStore {
         if target.deleted && event.kind == Kind::Edit {
             return Ok(Staged::Refused(Refusal::Deleted));
         }
-        event.n = messages;
-        let mut target = target;
-        if target.original.is_empty() {
-            target.original = content_digest(&target.subject, &target.text);
+        if event.kind == Kind::Edit && target.edits.len() >= crate::model::MAX_EDITS {
+            return Ok(Staged::Refused(Refusal::TooManyEdits));
         }
+        event.n = messages;
+        if target.original.is_empty() {
+            target.original = content_digest(&target.id, &target.subject, &target.text);
+        }
+        let (chat, at) = (event.chat, event.seq);
         let mut batch = sled::Batch::default();
+        let mut rewritten = vec![event.target];
         match event.kind {
             Kind::Edit => {
                 target.subject.clone_from(&event.subject);
@@ -584,30 +592,107 @@ impl SledStore {
                 target.text.clear();
                 target.deleted = true;
                 for seq in std::mem::take(&mut target.edits) {
-                    let key = message_key(&event.chat, seq);
-                    if let Some(v) = self.db.get(key)? {
-                        let mut edit = decode::<MessageValue>(&key, &v)?;
+                    if let Some(mut edit) = self.current(&chat, seq)? {
                         if edit.original.is_empty() {
-                            edit.original = content_digest(&edit.subject, &edit.text);
+                            edit.original = content_digest(&edit.id, &edit.subject, &edit.text);
                         }
                         edit.subject.clear();
                         edit.text.clear();
                         edit.deleted = true;
-                        batch.insert(&key[..], edit.encode_to_vec());
+                        batch.insert(&pending_key(&chat, seq, at)[..], edit.encode_to_vec());
+                        rewritten.push(seq);
                     }
                 }
             }
         }
-        batch.insert(&key[..], target.encode_to_vec());
         batch.insert(
-            &message_key(&event.chat, event.seq)[..],
+            &pending_key(&chat, event.target, at)[..],
+            target.encode_to_vec(),
+        );
+        batch.insert(
+            &message_key(&chat, at)[..],
             MessageValue::from(&event).encode_to_vec(),
         );
         self.db.apply_batch(batch)?;
         Ok(Staged::Event {
             event,
             target: Box::new(target.into()),
+            rewritten,
         })
+    }
+
+    /// An entry as the next change must see it: its newest pending
+    /// rewrite (see the module docs), else the stored value.
+    fn current(&self, chat: &Uuid, seq: u64) -> Result<Option<MessageValue>> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        if let Some(entry) = self.db.scan_prefix(pending_prefix(chat, seq)).next_back() {
+            let (key, value) = entry?;
+            return decode::<MessageValue>(&key, &value).map(Some);
+        }
+        let key = message_key(chat, seq);
+        self.db
+            .get(key)?
+            .map(|v| decode::<MessageValue>(&key, &v))
+            .transpose()
+    }
+
+    /// Puts the rewrites of the change at seq `at` over the entries they
+    /// rewrite, once the change is durable (each in one batch with the
+    /// removal of its pending key, so a crash leaves one or the other).
+    fn settle(&self, chat: &Uuid, at: u64, rewritten: &[u64]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for &seq in rewritten {
+            let pending = pending_key(chat, seq, at);
+            if let Some(value) = self.db.get(pending)? {
+                batch.insert(&message_key(chat, seq)[..], value);
+                batch.remove(&pending[..]);
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The seqs of the entries the change at `at` still has pending rewrites of.
+    fn pending_of(&self, chat: &Uuid, at: u64) -> Result<Vec<u64>> {
+        let mut prefix = [0; 17];
+        prefix[0] = PENDING;
+        prefix[1..].copy_from_slice(chat.as_bytes());
+        let mut seqs = Vec::new();
+        for entry in self.db.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            if key.len() == 33 && seq_of_value(&key[25..]) == at {
+                seqs.push(seq_of_value(&key[17..25]));
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// Settles every rewrite a crash left pending (at open): they were
+    /// flushed with their change, which may have been acknowledged.
+    fn settle_all(&self) -> Result<()> {
+        let mut settled = 0;
+        for entry in self.db.scan_prefix([PENDING]) {
+            let (key, value) = entry?;
+            if key.len() != 33 {
+                continue;
+            }
+            let Ok(chat) = Uuid::from_slice(&key[1..17]) else {
+                continue;
+            };
+            let seq = seq_of_value(&key[17..25]);
+            let mut batch = sled::Batch::default();
+            batch.insert(&message_key(&chat, seq)[..], value);
+            batch.remove(key);
+            self.db.apply_batch(batch)?;
+            settled += 1;
+        }
+        if settled > 0 {
+            self.db.flush()?;
+            tracing::info!(settled, "settled edits and deletions a crash left pending");
+        }
+        Ok(())
     }
 
     /// One flush makes everything staged so far durable (group commit),
@@ -641,24 +726,27 @@ impl SledStore {
                 }
             }
         }
-        // Blind writes (no read first): this task is their only writer.
-        for (chat, mut a) in activity {
+        // Blind writes (no read first): this task is their only writer,
+        // and it keeps the last one written in memory. A group may hold
+        // lower seqs than the one before (a sender staged before another
+        // but queued after it): counters only move forward.
+        for (chat, a) in activity {
             let state = self.chat_seqs(&chat)?;
             let mut seqs = lock(&state);
-            a.last_message = a.last_message.max(seqs.last_message);
-            seqs.last_message = a.last_message;
-            self.inbox.insert(activity_key(&chat), a.encode_to_vec())?;
-            self.remember(&chat, &a);
+            let mut now = seqs.counters.clone();
+            if a.last_seq > now.last_seq {
+                (now.last_seq, now.n, now.active_us) = (a.last_seq, a.n, a.active_us);
+            }
+            now.last_message = now.last_message.max(a.last_message);
+            if now != seqs.counters {
+                self.inbox
+                    .insert(activity_key(&chat), now.encode_to_vec())?;
+                self.remember(&chat, &now);
+                seqs.counters = now;
+            }
         }
         for ((chat, user), mark) in read {
-            // Own messages are newer than anything MarkRead can have set
-            // (it stops at the durable seq), so this only moves forward.
-            let key = inbox_key(user, &chat);
-            let value = ReadValue {
-                seq: mark.seq,
-                n: mark.n,
-            };
-            if self.inbox.insert(&key, value.encode_to_vec())?.is_none() {
+            if self.raise_read(user, &chat, mark)?.is_none() {
                 // A first post: to an open chat (members have theirs from New).
                 self.inbox.insert(poster_key(&chat, user), &[][..])?;
             }
@@ -671,9 +759,14 @@ impl SledStore {
                     *d = (*d).max(msg.seq);
                     Outcome::Stored(msg)
                 }
-                Staged::Event { event, target } => {
+                Staged::Event {
+                    event,
+                    target,
+                    rewritten,
+                } => {
                     let d = durable.entry(event.chat).or_default();
                     *d = (*d).max(event.seq);
+                    self.settle(&event.chat, event.seq, &rewritten)?;
                     Outcome::Event { event, target }
                 }
                 Staged::Refused(why) => Outcome::Refused(why),
@@ -682,6 +775,11 @@ impl SledStore {
                     // flush failed): durable now, and so is all before it.
                     let d = durable.entry(stored.chat).or_default();
                     *d = (*d).max(stored.seq);
+                    if stored.kind != Kind::Message {
+                        // A change whose first commit failed: its rewrites too.
+                        let rewritten = self.pending_of(&stored.chat, stored.seq)?;
+                        self.settle(&stored.chat, stored.seq, &rewritten)?;
+                    }
                     Outcome::Existing { stored, same }
                 }
                 Staged::Deferred(a) => {
@@ -1002,7 +1100,11 @@ impl SledStore {
         all.sort_unstable_by(newest_first);
         let mut out = Vec::with_capacity(all.len());
         for (a, chat, read) in all {
-            let members = self.chat(&chat)?.map(|c| c.members).unwrap_or_default();
+            // Entries of a chat whose creation a crash cut short.
+            let Some(record) = self.chat(&chat)? else {
+                continue;
+            };
+            let members = record.members;
             out.push(InboxEntry {
                 chat,
                 members,
@@ -1133,6 +1235,9 @@ impl SledStore {
 
     pub fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
         let mut chats = std::collections::HashSet::new();
+        // Whether the chat of the messages so far is open (an import's
+        // messages come chat by chat).
+        let mut open = false;
         for m in messages {
             if self.db.contains_key(message_key(&m.chat, m.seq))? {
                 continue;
@@ -1146,6 +1251,28 @@ impl SledStore {
                 message_key(&m.chat, m.seq),
                 MessageValue::from(&m).encode_to_vec(),
             )?;
+            if m.kind == Kind::Edit {
+                // Its message lists it, so that a delete clears it too.
+                let key = message_key(&m.chat, m.target);
+                if let Some(v) = self.db.get(key)? {
+                    let mut target = decode::<MessageValue>(&key, &v)?;
+                    target.edits.push(m.seq);
+                    self.db.insert(key, target.encode_to_vec())?;
+                }
+            }
+            if !chats.contains(&m.chat) {
+                open = self.chat(&m.chat)?.is_some_and(|c| c.members.is_empty());
+            }
+            if open && m.kind == Kind::Message {
+                // An open chat's posters have it in their inbox.
+                let key = inbox_key(&m.user_id, &m.chat);
+                if !self.inbox.contains_key(&key)? {
+                    self.inbox
+                        .insert(key, ReadValue::default().encode_to_vec())?;
+                    self.inbox
+                        .insert(poster_key(&m.chat, &m.user_id), &[][..])?;
+                }
+            }
             chats.insert(m.chat);
         }
         for chat in chats {
@@ -1165,6 +1292,21 @@ impl SledStore {
         }
         Ok(())
     }
+}
+
+/// The `Q` keys rewriting the entry at `seq`.
+fn pending_prefix(chat: &Uuid, seq: u64) -> [u8; 25] {
+    let mut key = message_key(chat, seq);
+    key[0] = PENDING;
+    key
+}
+
+/// The `Q` key of the rewrite of the entry at `seq` by the change at `at`.
+fn pending_key(chat: &Uuid, seq: u64, at: u64) -> [u8; 33] {
+    let mut key = [0; 33];
+    key[..25].copy_from_slice(&pending_prefix(chat, seq));
+    key[25..].copy_from_slice(&at.to_be_bytes());
+    key
 }
 
 /// The prefix of a user's `I` keys.
@@ -1371,6 +1513,41 @@ mod tests {
         // ...and the retry of c1 is stored anew, once.
         assert_eq!(send(&store, &chat, "c1").await, (2, false));
         assert_eq!(send(&store, &chat, "c1").await, (2, true));
+    }
+
+    #[tokio::test]
+    async fn an_edit_shows_only_once_durable_and_a_crash_before_it_settles_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let chat = Uuid::new_v4();
+        {
+            let store = SledStore::open(dir.path(), 64 << 20).unwrap();
+            send(&store, &chat, "c1").await;
+            let mut edit = append(&chat, "e1");
+            edit.message.kind = Kind::Edit;
+            edit.message.target = 1;
+            edit.message.text = "edited".into();
+            let staged = store.stage(edit).unwrap();
+            let text = |store: &SledStore| {
+                store.read(&chat, 1, 1, 1, usize::MAX).unwrap()[0]
+                    .text
+                    .clone()
+            };
+            assert_eq!(
+                text(&store),
+                "from c1",
+                "not before the flush that makes it durable"
+            );
+            // Flushed, but the process dies before the rewrite settles.
+            store.flush().await.unwrap();
+            drop(staged);
+        }
+        let store = SledStore::open(dir.path(), 64 << 20).unwrap();
+        let now = store.read(&chat, 1, 2, 2, usize::MAX).unwrap();
+        assert_eq!((now[0].text.as_str(), now[1].kind), ("edited", Kind::Edit));
+        assert!(
+            store.db.scan_prefix([PENDING]).next().is_none(),
+            "settled at open"
+        );
     }
 
     #[test]
