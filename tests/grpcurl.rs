@@ -215,3 +215,99 @@ async fn grpcurl_health_check_reports_serving() {
     );
     server.stop().await;
 }
+
+/// The README's grpcurl examples of the inbox, read state, edits,
+/// presence and typing, as a new user would type them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_reaches_the_inbox_read_state_edits_presence_and_typing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let call = |body: String, method: &'static str| {
+        let server = &server;
+        async move {
+            grpcurl(
+                server,
+                &["-d", &body],
+                &[&format!("chat.Chat/{method}")],
+                None,
+            )
+            .await
+        }
+    };
+    let chat = json(&call(r#"{"user_ids": ["ann", "bob"]}"#.into(), "New").await)["chatId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sent = call(
+        format!(
+            r#"{{"chat_id": "{chat}", "user_id": "ann", "client_id": "c-1", "text": "hi bbo"}}"#
+        ),
+        "Send",
+    )
+    .await;
+    json(&sent);
+    let edited = json(
+        &call(
+            format!(r#"{{"chat_id": "{chat}", "user_id": "ann", "client_id": "e-1", "seq": 1, "text": "hi bob"}}"#),
+            "Edit",
+        )
+        .await,
+    );
+    assert_eq!(edited["message"]["text"], "hi bob");
+    assert_eq!(edited["eventSeq"], "2");
+    let inbox = json(&call(r#"{"user_id": "bob", "limit": 20}"#.into(), "ListChats").await);
+    assert_eq!(inbox["chats"][0]["chatId"], chat.as_str());
+    assert_eq!(inbox["chats"][0]["unread"], "1");
+    let read = json(
+        &call(
+            format!(r#"{{"chat_id": "{chat}", "user_id": "bob", "seq": 2}}"#),
+            "MarkRead",
+        )
+        .await,
+    );
+    assert_eq!(read["readSeq"], "2");
+    let state = json(&call(format!(r#"{{"chat_id": "{chat}"}}"#), "ReadState").await);
+    assert_eq!(state["positions"][1]["userId"], "bob");
+    let deleted = json(
+        &call(
+            format!(r#"{{"chat_id": "{chat}", "user_id": "ann", "client_id": "d-1", "seq": 1}}"#),
+            "Delete",
+        )
+        .await,
+    );
+    assert_eq!(deleted["message"]["deleted"], true);
+    let log = json(
+        &call(
+            format!(r#"{{"chat_id": "{chat}", "include_deleted": true, "include_events": true}}"#),
+            "History",
+        )
+        .await,
+    );
+    let kinds: Vec<&str> = log["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap_or("KIND_MESSAGE"))
+        .collect();
+    assert_eq!(kinds, ["KIND_MESSAGE", "KIND_EDIT", "KIND_DELETE"]);
+    json(&call(format!(r#"{{"chat_id": "{chat}"}}"#), "Presence").await);
+    json(
+        &call(
+            format!(r#"{{"chat_id": "{chat}", "user_id": "ann"}}"#),
+            "Typing",
+        )
+        .await,
+    );
+    let refused = call(
+        format!(r#"{{"chat_id": "{chat}", "user_id": "bob", "client_id": "x", "seq": 1, "text": "mine"}}"#),
+        "Edit",
+    )
+    .await;
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("chat.Edit.NotTheSender"),
+        "{}",
+        refused.stderr
+    );
+    server.stop().await;
+}

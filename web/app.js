@@ -734,6 +734,11 @@ function route() {
   const hash = new URLSearchParams(location.hash.slice(1));
   if (hash.has("user") || hash.has("token")) {
     signIn(hash.get("user") || me.user, hash.get("token") || me.token);
+    if (hash.has("token")) {
+      // Kept for the tab (sessionStorage), not in the address bar or its history.
+      hash.delete("token");
+      history.replaceState(null, "", `${location.pathname}${location.search}#${hash}`);
+    }
   } else {
     signIn(me.user, me.token);
   }
