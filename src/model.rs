@@ -170,6 +170,17 @@ pub struct ReadMark {
     pub n: u64,
 }
 
+/// What [`crate::store::Store::mark_read`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marked {
+    /// The read position now (never lower than before).
+    pub mark: ReadMark,
+    /// The chat's message count: unread is this less `mark.n`.
+    pub messages: u64,
+    /// Whether the position moved forward.
+    pub moved: bool,
+}
+
 /// Why a store refused an edit or a delete (checked where the message is
 /// locked, so that it holds when the event is stored).
 #[derive(Clone, Debug, PartialEq)]

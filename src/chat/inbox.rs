@@ -116,15 +116,11 @@ impl Chats {
         )?;
         let chat = self.chat(ids::MARK_READ_IDS, chat_id).await?;
         chat.check_member("chat.MarkRead.NotAMember", &user)?;
-        let before = self
-            .shared
-            .store
-            .read_marks(&chat.id, std::slice::from_ref(&user), 1)
-            .await?;
-        let (mark, messages) = self.shared.store.mark_read(&user, &chat.id, seq).await?;
+        let marked = self.shared.store.mark_read(&user, &chat.id, seq).await?;
+        let mark = marked.mark;
         // Durable before acknowledged (sled makes it so with the next flush).
         wait_commit(self.queue_commit(None)).await?;
-        if before.first().is_none_or(|(_, b)| b.seq < mark.seq) {
+        if marked.moved {
             self.signal(
                 &chat,
                 Message {
@@ -138,7 +134,7 @@ impl Chats {
             )
             .await;
         }
-        Ok((mark, messages.saturating_sub(mark.n)))
+        Ok((mark, marked.messages.saturating_sub(mark.n)))
     }
 
     /// How far each member has read a chat (see `ReadState` in the proto).

@@ -27,7 +27,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use crate::model::{Append, ChatRecord, InboxEntry, Message, Outcome, ReadMark, Refusal, View};
+use crate::model::{
+    Append, ChatRecord, InboxEntry, Marked, Message, Outcome, ReadMark, Refusal, View,
+};
 
 /// What can go wrong in a store. Every variant is worth a retry by the
 /// client (the chat logic answers UNAVAILABLE), except that a corrupt value
@@ -226,8 +228,9 @@ impl Store {
 
     /// Up to `limit` of `user`'s chats, most recently active first, after
     /// the cursor (active µs, chat) of the last one of the previous page.
-    /// Costs a read of each of the user's chats' counters (no write per
-    /// message per recipient keeps an order per user).
+    /// Costs a look at each of the user's chats' counters (sled keeps
+    /// them in memory; no write per message per recipient keeps an order
+    /// per user).
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -244,13 +247,12 @@ impl Store {
     }
 
     /// Moves `user`'s read position in `chat` forward to `seq`, capped to
-    /// the chat's last durable seq; the position now and the chat's
-    /// message count. Durable when it
+    /// the chat's last durable seq (see [`Marked`]). Durable when it
     /// returns on PostgreSQL, with the next commit on sled.
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<(ReadMark, u64)> {
+    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
         match self {
             Store::Sled(s) => s
                 .mark_read(user, chat, seq)

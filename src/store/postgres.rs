@@ -92,7 +92,7 @@ use super::{
     Committed, Page, Result, Staged, StoreError,
 };
 use crate::model::{
-    content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Message, Outcome,
+    content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Marked, Message, Outcome,
     ReadMark, Refusal, View,
 };
 
@@ -935,8 +935,8 @@ impl PgStore {
     }
 
     /// Moves `user`'s read position in `chat` forward to `seq` (capped to
-    /// the chat's last); the position now.
-    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<(ReadMark, u64)> {
+    /// the chat's last).
+    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
@@ -950,8 +950,8 @@ impl PgStore {
                         SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
                         WHERE chat_members.read_seq < EXCLUDED.read_seq
                         RETURNING read_seq, read_n)
-                 SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2) FROM up
-                 UNION ALL SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2)
+                 SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2), true FROM up
+                 UNION ALL SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2), false
                    FROM chat_members
                    WHERE user_id = $1 AND chat_id = $2 AND NOT EXISTS (SELECT 1 FROM up)
                  LIMIT 1",
@@ -962,7 +962,12 @@ impl PgStore {
             seq: row.get::<_, i64>(0) as u64,
             n: row.get::<_, i64>(1) as u64,
         };
-        Ok((mark, row.get::<_, i64>(2) as u64))
+        Ok(Marked {
+            mark,
+            messages: row.get::<_, i64>(2) as u64,
+            // A first row at 0 is no move.
+            moved: row.get::<_, bool>(3) && mark.seq > 0,
+        })
     }
 
     /// The read positions of `users` in `chat`, or, with none given, of
@@ -1004,14 +1009,6 @@ impl PgStore {
             .take(limit)
             .map(|u| (u.clone(), found.remove(u).unwrap_or_default()))
             .collect())
-    }
-
-    /// A user's read position in a chat (zero if none).
-    pub async fn read_mark(&self, user: &str, chat: &Uuid) -> Result<ReadMark> {
-        let marks = self
-            .read_marks(chat, std::slice::from_ref(&user.to_owned()), 1)
-            .await?;
-        Ok(marks.first().map(|m| m.1).unwrap_or_default())
     }
 
     /// This replica's id on the bus.

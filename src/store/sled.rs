@@ -66,7 +66,7 @@ use uuid::Uuid;
 
 use super::{lock, Page, Result, Staged, StoreError};
 use crate::model::{
-    content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Message, Outcome,
+    content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Marked, Message, Outcome,
     ReadMark, Refusal, View,
 };
 
@@ -967,7 +967,7 @@ impl SledStore {
     }
 
     /// `user`'s read position in `chat` (zero if none).
-    pub fn read_mark(&self, user: &str, chat: &Uuid) -> Result<ReadMark> {
+    fn read_mark(&self, user: &str, chat: &Uuid) -> Result<ReadMark> {
         let key = inbox_key(user, chat);
         Ok(self
             .inbox
@@ -980,7 +980,7 @@ impl SledStore {
 
     /// Moves `user`'s read position in `chat` forward to `seq` (capped to
     /// the durable end); the position now. Durable with the next commit.
-    pub fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<(ReadMark, u64)> {
+    pub fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
         self.check_writable()?;
         let seq = seq.min(self.last_seq(chat)?);
         let n = match seq {
@@ -992,11 +992,15 @@ impl SledStore {
         if before.is_none() && chat_open {
             self.inbox.insert(poster_key(chat, user), &[][..])?;
         }
-        let now = match before {
-            Some(b) if b.seq >= seq => b,
-            _ => ReadMark { seq, n },
+        let (mark, moved) = match before {
+            Some(b) if b.seq >= seq => (b, false),
+            _ => (ReadMark { seq, n }, seq > 0),
         };
-        Ok((now, self.activity(chat)?.n))
+        Ok(Marked {
+            mark,
+            messages: self.activity(chat)?.n,
+            moved,
+        })
     }
 
     /// The read positions of `users` in `chat`, or, with none given, of
