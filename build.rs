@@ -85,9 +85,22 @@ fn git_commit() {
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=CHAT_GIT_COMMIT={commit}");
-    // A new commit moves the branch's ref (or HEAD itself when detached).
-    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        if std::path::Path::new(path).exists() {
+    // A new commit moves the checked-out branch's ref (or HEAD itself when
+    // detached). Only that branch's: watching every branch would rebuild
+    // the crate whenever another worktree of the repository commits.
+    let head = std::fs::read_to_string(".git/HEAD").unwrap_or_default();
+    let branch = head
+        .strip_prefix("ref: ")
+        .map(|r| format!(".git/{}", r.trim()));
+    for path in [
+        Some(".git/HEAD".to_owned()),
+        branch,
+        Some(".git/packed-refs".into()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if std::path::Path::new(&path).exists() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
