@@ -175,10 +175,13 @@ pub struct ReadMark {
 pub struct Marked {
     /// The read position now (never lower than before).
     pub mark: ReadMark,
-    /// The chat's message count: unread is this less `mark.n`.
-    pub messages: u64,
+    /// The messages after it that are not deleted.
+    pub unread: u64,
     /// Whether the position moved forward.
     pub moved: bool,
+    /// In an open chat the user has not posted to: the position is kept
+    /// but shown to nobody (no inbox entry, no ReadState, no read event).
+    pub reader_only: bool,
 }
 
 /// Why a store refused an edit or a delete (checked where the message is

@@ -469,3 +469,88 @@ async fn changes_presence_typing_and_reads_reach_event_streams_on_other_replicas
     assert_eq!(left.user_id, "ann");
     assert_eq!(present(&mut b).await, ["bob"]);
 }
+
+/// A catch-up on one replica right after another replica edited or
+/// deleted a message that the first still had in its recent window used
+/// to serve the old text (and a plain stream kept a deleted message's text
+/// for ever): the window is brought up to the store before it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_on_another_replica_never_serves_superseded_text() {
+    use pb::message::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let r = replicas(dir.path(), 2).await;
+    let (mut a, mut b) = (r[0].client().await, r[1].client().await);
+    let chat = new_chat(&mut a, &["ann", "bob"]).await;
+    // B keeps a stream open: its window holds what it delivered.
+    let (_btx, req) = connect_request(&chat, "bob", None);
+    let mut live = b.connect(req).await.unwrap().into_inner();
+    for trial in 0..30 {
+        let sent = send(&mut a, &chat, "ann", &format!("m{trial}"), "before").await;
+        let seq = sent.seq;
+        assert_eq!(receive(&mut live, 1).await[0].seq, seq);
+        let since = (seq - 1).to_string();
+        if trial % 2 == 0 {
+            a.edit(pb::EditRequest {
+                client_id: format!("e{trial}"),
+                chat_id: chat.clone(),
+                user_id: "ann".into(),
+                seq,
+                subject: String::new(),
+                text: "after".into(),
+            })
+            .await
+            .unwrap();
+            for events in [false, true] {
+                let (_tx, mut req) = connect_request(&chat, "bob", Some(&since));
+                if events {
+                    req.metadata_mut().insert("events", "all".parse().unwrap());
+                }
+                let mut rx = b.connect(req).await.unwrap().into_inner();
+                let first = first_entry(&mut rx).await;
+                assert_eq!(first.seq, seq, "trial {trial}");
+                assert_eq!(first.text, "after", "trial {trial}: pre-edit text served");
+            }
+        } else {
+            a.delete(pb::DeleteRequest {
+                client_id: format!("d{trial}"),
+                chat_id: chat.clone(),
+                user_id: "ann".into(),
+                seq,
+            })
+            .await
+            .unwrap();
+            let (_tx, mut req) = connect_request(&chat, "bob", Some(&since));
+            req.metadata_mut().insert("events", "all".parse().unwrap());
+            let mut rx = b.connect(req).await.unwrap().into_inner();
+            let first = first_entry(&mut rx).await;
+            assert_eq!(first.seq, seq, "trial {trial}");
+            assert!(
+                first.deleted && first.text.is_empty(),
+                "trial {trial}: a deleted message's text served: {first:?}"
+            );
+            // A plain stream never shows the deleted message: the first it
+            // gets is the next one.
+            let (_tx, req) = connect_request(&chat, "bob", Some(&since));
+            let mut plain = b.connect(req).await.unwrap().into_inner();
+            let next = send(&mut a, &chat, "ann", &format!("n{trial}"), "next").await;
+            let got = receive(&mut plain, 1).await.remove(0);
+            assert_eq!(
+                (got.seq, got.text.as_str()),
+                (next.seq, "next"),
+                "trial {trial}: a deleted message reached a plain stream"
+            );
+            assert_eq!(receive(&mut live, 1).await[0].kind, Kind::Message as i32);
+        }
+    }
+}
+
+/// The first entry of the log a stream hands out (skipping live signals,
+/// which have no seq: its own join, say).
+async fn first_entry(rx: &mut tonic::Streaming<pb::Message>) -> pb::Message {
+    loop {
+        let m = receive(rx, 1).await.remove(0);
+        if m.seq > 0 {
+            return m;
+        }
+    }
+}

@@ -158,13 +158,17 @@ async fn migrate_check_changes_nothing_and_migrate_applies_the_schema() {
     assert!(check.contains("schema version: 0"), "{check}");
     assert!(check.contains("1: chats, member sets, messages"), "{check}");
     assert!(check.contains("2: events, read state, inbox"), "{check}");
+    assert!(
+        check.contains("3: unread counts leave out deleted messages"),
+        "{check}"
+    );
     let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
     assert_eq!(tables(&client).await, 0, "--check changed nothing");
     let applied = chat_cmd(&["migrate", "--store", &pg], b"").unwrap();
-    assert!(applied.contains("schema version: 2"), "{applied}");
+    assert!(applied.contains("schema version: 3"), "{applied}");
     assert!(applied.contains("pending migrations: none"), "{applied}");
     assert_eq!(
         tables(&client).await,
@@ -173,7 +177,7 @@ async fn migrate_check_changes_nothing_and_migrate_applies_the_schema() {
     );
     let check = chat_cmd(&["migrate", "--check", "--store", &pg], b"").unwrap();
     assert!(
-        check.contains("schema version: 2") && check.contains("none"),
+        check.contains("schema version: 3") && check.contains("none"),
         "{check}"
     );
     // Replicas starting at once take turns on the migration lock.
@@ -189,7 +193,7 @@ async fn migrate_check_changes_nothing_and_migrate_applies_the_schema() {
         s.await.unwrap();
     }
     let out = chat_cmd(&["migrate", "--check", "--store", &pg2], b"").unwrap();
-    assert!(out.contains("schema version: 2"), "{out}");
+    assert!(out.contains("schema version: 3"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,6 +275,77 @@ async fn a_database_of_schema_1_is_upgraded_with_inboxes_and_counts_from_its_dat
     .await
     .unwrap();
     assert_eq!(all_messages(&mut c, &pair.to_string()).await[0].text, "ONE");
+}
+
+/// Migration 3: unread counts of data stored before it leave out its
+/// deleted messages, and an open chat's readers who never posted (whom
+/// MarkRead used to list) are listed nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_2_counts_deleted_messages_and_hides_readers_after_migration_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pg_database(dir.path()).await;
+    let (db, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut schema = String::from(
+        "CREATE TABLE chat_schema (version int PRIMARY KEY, name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now());",
+    );
+    for (version, name, sql) in &chat::store::postgres::MIGRATIONS[..2] {
+        schema.push_str(&format!(
+            "{sql}; INSERT INTO chat_schema (version, name) VALUES ({version}, '{name}');"
+        ));
+    }
+    db.batch_execute(&schema).await.unwrap();
+    let (pair, open) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    db.execute(
+        "INSERT INTO chats (chat_id, members, created_at, last_seq, n, active_us, last_message)
+         VALUES ($1, '{ann,bob}', 1700000000, 4, 3, 1700000013000000, 3),
+                ($2, '{}', 1700000001, 1, 1, 1700000020000000, 1)",
+        &[&pair, &open],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO messages (chat_id, seq, id, user_id, client_id, sent_at, subject, text,
+                               kind, target_seq, deleted, n)
+         VALUES ($1, 1, 'm1', 'bob', 'b1', 1700000010, '', 'one', 0, 0, false, 1),
+                ($1, 2, 'm2', 'bob', 'b2', 1700000011, '', '', 0, 0, true, 2),
+                ($1, 3, 'm3', 'bob', 'b3', 1700000012, '', 'three', 0, 0, false, 3),
+                ($1, 4, 'm4', 'bob', 'd2', 1700000013, '', '', 2, 2, false, 3),
+                ($2, 1, 'm5', 'cid', 'c1', 1700000020, '', 'open one', 0, 0, false, 1)",
+        &[&pair, &open],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO chat_members (user_id, chat_id, read_seq, read_n)
+         VALUES ('ann', $1, 0, 0), ('bob', $1, 3, 3), ('cid', $2, 1, 1), ('eve', $2, 1, 1)",
+        &[&pair, &open],
+    )
+    .await
+    .unwrap();
+
+    let bin = Binary::start(dir.path(), &["--store", &pg]).await;
+    let mut c = bin.client().await;
+    let inbox = |user: &str| pb::ListChatsRequest {
+        user_id: user.into(),
+        ..Default::default()
+    };
+    let ann = c.list_chats(inbox("ann")).await.unwrap().into_inner();
+    assert_eq!(ann.chats[0].unread, 2, "the deleted message is not unread");
+    let eve = c.list_chats(inbox("eve")).await.unwrap().into_inner();
+    assert!(eve.chats.is_empty(), "a reader who never posted: {eve:?}");
+    let state = c
+        .read_state(pb::ReadStateRequest {
+            chat_id: open.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let users: Vec<_> = state.positions.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(users, ["cid"]);
 }
 
 /// Tables in the public schema.

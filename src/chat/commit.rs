@@ -156,7 +156,7 @@ pub(super) async fn commit_loop(
                 (true, Some((Outcome::Event { event, target }, state))) => {
                     let event = Arc::new(event);
                     let seq = event.seq;
-                    state.revise(&target);
+                    state.revise(&target, seq);
                     state.publish(event.clone(), &budget);
                     state.advance(seq);
                     Ok(Answer::Event {

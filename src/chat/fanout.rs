@@ -60,6 +60,11 @@ pub(super) struct Recent {
     lease: Lease,
     /// When the last message came in.
     touched: Option<tokio::time::Instant>,
+    /// Per message in the window that was edited or deleted: the seq of
+    /// the change its version there reflects, so that versions arriving out
+    /// of order (two commit groups, or this replica's commit and the bus)
+    /// never replace a newer one.
+    revised: HashMap<u64, u64>,
 }
 
 impl Recent {
@@ -68,11 +73,13 @@ impl Recent {
             messages: VecDeque::new(),
             lease,
             touched: None,
+            revised: HashMap::new(),
         }
     }
 
     pub(super) fn clear(&mut self) {
         self.messages.clear();
+        self.revised.clear();
         self.lease.shrink_to(0);
         self.touched = None;
     }
@@ -96,6 +103,7 @@ impl Recent {
         while self.messages.len() > RECENT || (bytes > RECENT_BYTES && self.messages.len() > 1) {
             if let Some(old) = self.messages.pop_front() {
                 bytes -= old.weight();
+                self.revised.remove(&old.seq);
             }
         }
         self.lease.shrink_to(bytes);
@@ -159,21 +167,29 @@ impl ChatState {
 
     /// Puts the new version of an edited or deleted message in the recent
     /// window, if it holds the message, so that streams reading from the
-    /// window see what the store would return.
-    pub(super) fn revise(&self, message: &Message) {
+    /// window see what the store would return. `at` is the seq of the
+    /// change that version includes (at least): an older version than the
+    /// one in the window is ignored.
+    pub(super) fn revise(&self, message: &Message, at: u64) {
         let mut recent = lock(&self.recent);
         let Some(front) = recent.messages.front().map(|m| m.seq) else {
             return;
         };
-        if let Some(slot) = message
-            .seq
-            .checked_sub(front)
-            .and_then(|i| recent.messages.get_mut(i as usize))
+        let Some(i) = message.seq.checked_sub(front) else {
+            return;
+        };
+        if recent
+            .messages
+            .get(i as usize)
+            .is_none_or(|slot| slot.seq != message.seq)
         {
-            if slot.seq == message.seq {
-                *slot = Arc::new(message.clone());
-            }
+            return;
         }
+        if recent.revised.get(&message.seq).is_some_and(|&v| v >= at) {
+            return;
+        }
+        recent.revised.insert(message.seq, at);
+        recent.messages[i as usize] = Arc::new(message.clone());
     }
 
     /// Raises the durable seq (never lowers it), waking live streams. Every
@@ -213,7 +229,7 @@ impl Chats {
     ///
     /// A wake-up is a hint, not a fact (anyone who can NOTIFY can send one):
     /// the durable seq only moves as far as the store confirms.
-    async fn catch_up(&self, state: &Arc<ChatState>, seq: u64) -> Result<()> {
+    pub(super) async fn catch_up(&self, state: &Arc<ChatState>, seq: u64) -> Result<()> {
         let durable = *state.durable.borrow();
         if seq <= durable {
             return Ok(());
@@ -236,7 +252,8 @@ impl Chats {
                 // The message as it is now, for streams reading the window.
                 let target = store.read(&state.id, msg.target, msg.target, 1, usize::MAX);
                 if let Some(now) = target.await?.first() {
-                    state.revise(now);
+                    // Read after `seq` was committed: includes every change up to it.
+                    state.revise(now, seq);
                 }
             }
             state.publish(Arc::new(msg), &self.shared.budget);

@@ -1,6 +1,7 @@
 //! The inbox and read state: a user's chats, most recently active first,
-//! with unread counts derived from the chat's message count and the user's
-//! read position (no write per recipient per message), and read receipts.
+//! with unread counts derived from the chat's message count, the user's
+//! read position and the deletions after it (no write per recipient per
+//! message or delete), and read receipts.
 
 use std::sync::Arc;
 
@@ -120,7 +121,8 @@ impl Chats {
         let mark = marked.mark;
         // Durable before acknowledged (sled makes it so with the next flush).
         wait_commit(self.queue_commit(None)).await?;
-        if marked.moved {
+        // A reader of an open chat who never posted is exposed to nobody.
+        if marked.moved && !marked.reader_only {
             self.signal(
                 &chat,
                 Message {
@@ -134,7 +136,7 @@ impl Chats {
             )
             .await;
         }
-        Ok((mark, marked.messages.saturating_sub(mark.n)))
+        Ok((mark, marked.unread))
     }
 
     /// How far each member has read a chat (see `ReadState` in the proto).

@@ -453,8 +453,12 @@ impl Chats {
         // Subscribe before reading the durable seq: whatever is published
         // after this point is seen by `durable`, so nothing falls in between.
         let durable = chat.durable.subscribe();
-        // Another replica may have committed more than this one has heard of.
-        chat.advance(self.shared.store.last_seq(&chat.id).await?);
+        // Another replica may have committed more than this one has heard
+        // of, edits and deletions among it: bring the window up to the
+        // store (revising what they changed) before serving from it, so
+        // that a catch-up never hands out what the store has superseded.
+        let stored = self.shared.store.last_seq(&chat.id).await?;
+        Box::pin(self.catch_up(&chat, stored)).await?;
         let last = *durable.borrow();
         if let Some(since) = since_seq.filter(|&s| s > last) {
             return Err(Error::OutOfRange(
@@ -469,6 +473,12 @@ impl Chats {
         // Listening before joining: the stream sees its own user's join.
         let signals = events.then(|| chat.signals());
         let present = self.join(&chat, user_id).await;
+        // A credential valid for longer than the clock can count (exp
+        // 2^64-1, say) never ends the stream.
+        let expires = caller
+            .and_then(Identity::expires_in)
+            .and_then(|d| tokio::time::Instant::now().checked_add(d));
+        // Counted from here; the stream's `Drop` uncounts it, whatever ends it.
         self.shared.metrics.streams_open.inc();
         Ok(Subscription {
             chats: self.clone(),
@@ -476,9 +486,7 @@ impl Chats {
             next,
             durable,
             closing: self.shared.closing.subscribe(),
-            expires: caller
-                .and_then(Identity::expires_in)
-                .map(|d| tokio::time::Instant::now() + d),
+            expires,
             lease: None,
             view: if events { View::ALL } else { View::MESSAGES },
             signals,

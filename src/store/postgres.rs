@@ -49,9 +49,19 @@
 //! CREATE INDEX chat_members_chat ON chat_members (chat_id, user_id);  -- ReadState
 //! ```
 //!
+//! # Schema (migration 3: unread counts without deleted messages; readers of open chats)
+//!
+//! ```sql
+//! CREATE INDEX messages_deleted ON messages (chat_id, seq) WHERE kind = 0 AND deleted;
+//! ALTER TABLE chat_members                 -- an open chat's reader who never posted:
+//!     ADD reader_only boolean NOT NULL DEFAULT false;  -- in no inbox, no ReadState
+//! ```
+//!
 //! Rows are written per group and per chat, never per recipient: a group
 //! moves each chat's counters once and each sender's read position once;
-//! an unread count is `chats.n - chat_members.read_n`. Edits and deletes
+//! an unread count is `chats.n - chat_members.read_n`, less the deleted
+//! messages after `read_seq` (a range of `messages_deleted`, usually
+//! empty: a delete writes no row per recipient either). Edits and deletes
 //! run in a transaction of their own ([`PgStore::commit`] keeps the
 //! group's order), holding the chat's counter row like a group.
 //!
@@ -164,6 +174,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         SELECT DISTINCT m.user_id, m.chat_id FROM messages m JOIN chats c USING (chat_id)
         WHERE c.members = '{}'
         ON CONFLICT DO NOTHING;",
+    ),
+    (
+        3,
+        "unread counts leave out deleted messages",
+        "CREATE INDEX messages_deleted ON messages (chat_id, seq) WHERE kind = 0 AND deleted;
+    ALTER TABLE chat_members ADD reader_only boolean NOT NULL DEFAULT false;
+    UPDATE chat_members SET reader_only = true FROM chats c
+        WHERE c.chat_id = chat_members.chat_id AND c.members = '{}'
+          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.chat_id = chat_members.chat_id
+                          AND m.user_id = chat_members.user_id AND m.kind = 0);",
     ),
 ];
 
@@ -511,8 +531,11 @@ impl PgStore {
                     "INSERT INTO chat_members (user_id, chat_id, read_seq, read_n)
                      SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[])
                      ON CONFLICT (user_id, chat_id) DO UPDATE
-                     SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
-                     WHERE chat_members.read_seq < EXCLUDED.read_seq",
+                     SET read_seq = greatest(chat_members.read_seq, EXCLUDED.read_seq),
+                         read_n = CASE WHEN chat_members.read_seq < EXCLUDED.read_seq
+                                  THEN EXCLUDED.read_n ELSE chat_members.read_n END,
+                         reader_only = false
+                     WHERE chat_members.read_seq < EXCLUDED.read_seq OR chat_members.reader_only",
                 )
                 .await?,
             notify: client
@@ -900,11 +923,15 @@ impl PgStore {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(&format!(
-                "SELECT page.*, {PREVIEW_COLUMNS} FROM (
-                   SELECT c.chat_id, c.members, c.last_seq, c.n - m.read_n, m.read_seq,
+                "SELECT page.chat_id, page.members, page.last_seq,
+                        page.unread - (SELECT count(*) FROM messages d
+                          WHERE d.chat_id = page.chat_id AND d.kind = 0 AND d.deleted
+                            AND d.seq > page.read_seq),
+                        page.read_seq, page.active_us, page.last_message, {PREVIEW_COLUMNS} FROM (
+                   SELECT c.chat_id, c.members, c.last_seq, c.n - m.read_n AS unread, m.read_seq,
                           c.active_us, c.last_message
                    FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
-                   WHERE m.user_id = $1 AND ($2::int8 IS NULL OR (c.active_us, c.chat_id) < ($2, $3))
+                   WHERE m.user_id = $1 AND NOT m.reader_only AND ($2::int8 IS NULL OR (c.active_us, c.chat_id) < ($2, $3))
                    ORDER BY c.active_us DESC, c.chat_id DESC LIMIT $4
                  ) page
                  LEFT JOIN LATERAL (
@@ -944,17 +971,24 @@ impl PgStore {
                  mark AS (SELECT c.seq, coalesce((SELECT n FROM messages
                             WHERE chat_id = $2 AND seq <= c.seq ORDER BY seq DESC LIMIT 1), 0) AS n
                           FROM c),
-                 up AS (INSERT INTO chat_members (user_id, chat_id, read_seq, read_n)
-                        SELECT $1, $2, seq, n FROM mark
+                 up AS (INSERT INTO chat_members (user_id, chat_id, read_seq, read_n, reader_only)
+                        SELECT $1, $2, seq, n,
+                               (SELECT members = '{}' FROM chats WHERE chat_id = $2) FROM mark
                         ON CONFLICT (user_id, chat_id) DO UPDATE
                         SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
                         WHERE chat_members.read_seq < EXCLUDED.read_seq
-                        RETURNING read_seq, read_n)
-                 SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2), true FROM up
-                 UNION ALL SELECT read_seq, read_n, (SELECT n FROM chats WHERE chat_id = $2), false
+                        RETURNING read_seq, read_n, reader_only),
+                 pos AS (SELECT read_seq, read_n, reader_only, true AS moved FROM up
+                   UNION ALL SELECT read_seq, read_n, reader_only, false
                    FROM chat_members
                    WHERE user_id = $1 AND chat_id = $2 AND NOT EXISTS (SELECT 1 FROM up)
-                 LIMIT 1",
+                   LIMIT 1)
+                 SELECT read_seq, read_n,
+                   (SELECT n FROM chats WHERE chat_id = $2) - read_n
+                     - (SELECT count(*) FROM messages
+                        WHERE chat_id = $2 AND kind = 0 AND deleted AND seq > pos.read_seq),
+                   moved, reader_only
+                 FROM pos",
                 &[&user, chat, &db_seq(seq)],
             )
             .await?;
@@ -964,9 +998,10 @@ impl PgStore {
         };
         Ok(Marked {
             mark,
-            messages: row.get::<_, i64>(2) as u64,
+            unread: row.get::<_, i64>(2).max(0) as u64,
             // A first row at 0 is no move.
             moved: row.get::<_, bool>(3) && mark.seq > 0,
+            reader_only: row.get(4),
         })
     }
 
@@ -982,7 +1017,8 @@ impl PgStore {
         let rows = client
             .query(
                 "SELECT user_id, read_seq, read_n FROM chat_members
-                 WHERE chat_id = $1 AND (cardinality($2::text[]) = 0 OR user_id = ANY($2))
+                 WHERE chat_id = $1 AND NOT reader_only
+                   AND (cardinality($2::text[]) = 0 OR user_id = ANY($2))
                  ORDER BY user_id LIMIT $3",
                 &[chat, &users, &(limit as i64)],
             )

@@ -16,8 +16,9 @@
 //! | `I` user_len(2) user chat(16) | [`ReadValue`] | the inbox: one user's chats are one range (members from New, open-chat posters from their first Send), with the user's read position; written per commit group, not per message |
 //! | `P` chat(16) user | empty | who has posted to an open chat (ReadState lists their read positions) |
 //! | `A` chat(16) | [`ActivityValue`] | the chat's counters for the inbox: last seq, message count, last activity; one write per chat per commit group, so unread counts cost no write per recipient |
-//! | `V` | layout version (u32) | 2: the `I`, `P` and `A` keys exist for every chat (written from the rest on first open) |
+//! | `V` | layout version (u32) | 2: the `I`, `P` and `A` keys exist for every chat; 3: and the `X` keys for every deleted message (each written from the rest on first open) |
 //! | `Q` chat(16) seq(8) at(8) | [`MessageValue`] | an edit's or delete's rewrite of the entry at `seq`, by the change at seq `at`, until that change is durable (see below) |
+//! | `X` chat(16) seq(8) | empty | a deleted message, once its delete is durable (written with the rewrite that clears it): unread counts leave out the deleted messages after a read position by counting a range of these, with no write per recipient |
 //! | `H` | 66 KiB of zeros, removed at once | the write probe of readiness after a failed write ([`SledStore::ping`]); no other key starts with `H` |
 //!
 //! A chat's log under `M` holds messages and their edit and delete events
@@ -75,6 +76,7 @@ const MESSAGE: u8 = b'M';
 const DEDUPE: u8 = b'D';
 const MEMBERS: u8 = b'U';
 const PENDING: u8 = b'Q';
+const GONE: u8 = b'X';
 const INBOX: u8 = b'I';
 const POSTER: u8 = b'P';
 const ACTIVITY: u8 = b'A';
@@ -84,7 +86,7 @@ const COUNTERS_CACHED: usize = 1 << 17;
 /// The tree of the `I`, `P` and `A` keys.
 const INBOX_TREE: &str = "inbox";
 /// The key layout this code writes (see the module docs).
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 /// How far back an inbox preview looks for a message that is not deleted.
 const PREVIEW_LOOKBACK: u64 = 64;
 const PROBE: &[u8] = b"H";
@@ -216,6 +218,11 @@ pub struct ReadValue {
     /// The chat's message count at `seq`.
     #[prost(uint64, tag = "2")]
     pub n: u64,
+    /// In an open chat, the position of a user who has only read it
+    /// (MarkRead) and never posted: kept, but it puts the chat in no
+    /// inbox and the user in no ReadState until they post.
+    #[prost(bool, tag = "3")]
+    pub reader_only: bool,
 }
 
 /// A chat's counters, under its `A` key.
@@ -640,17 +647,36 @@ impl SledStore {
 
     /// Puts the rewrites of the change at seq `at` over the entries they
     /// rewrite, once the change is durable (each in one batch with the
-    /// removal of its pending key, so a crash leaves one or the other).
+    /// removal of its pending keys, so a crash leaves one or the other).
+    ///
+    /// Changes are settled in the order their commit answers come, which
+    /// need not be seq order (a sender takes its queue place after it
+    /// leaves the chat's append lock). So an entry takes the newest of its
+    /// rewrites by changes up to `at` (all durable: staged before `at`),
+    /// and those go; a rewrite by a newer change stays pending, and an
+    /// older change settled later finds nothing left to do. An entry thus
+    /// only ever moves forward in seq order, and [`SledStore::current`]
+    /// (the newest pending rewrite) is always built on every change before it.
     fn settle(&self, chat: &Uuid, at: u64, rewritten: &[u64]) -> Result<()> {
-        let mut batch = sled::Batch::default();
         for &seq in rewritten {
-            let pending = pending_key(chat, seq, at);
-            if let Some(value) = self.db.get(pending)? {
+            let mut batch = sled::Batch::default();
+            let mut newest = None;
+            for entry in self.db.scan_prefix(pending_prefix(chat, seq)) {
+                let (key, value) = entry?;
+                if key.len() != 33 || seq_of_value(&key[25..]) > at {
+                    break; // in `at` order: the rest are newer changes
+                }
+                batch.remove(key);
+                newest = Some(value);
+            }
+            if let Some(value) = newest {
+                if is_deleted_message(&value) {
+                    batch.insert(&gone_key(chat, seq)[..], &[][..]);
+                }
                 batch.insert(&message_key(chat, seq)[..], value);
-                batch.remove(&pending[..]);
+                self.db.apply_batch(batch)?;
             }
         }
-        self.db.apply_batch(batch)?;
         Ok(())
     }
 
@@ -683,6 +709,9 @@ impl SledStore {
             };
             let seq = seq_of_value(&key[17..25]);
             let mut batch = sled::Batch::default();
+            if is_deleted_message(&value) {
+                batch.insert(&gone_key(&chat, seq)[..], &[][..]);
+            }
             batch.insert(&message_key(&chat, seq)[..], value);
             batch.remove(key);
             self.db.apply_batch(batch)?;
@@ -746,7 +775,8 @@ impl SledStore {
             }
         }
         for ((chat, user), mark) in read {
-            if self.raise_read(user, &chat, mark)?.is_none() {
+            let before = self.raise_read(user, &chat, mark, Raise::Post)?;
+            if before.is_none_or(|b| b.reader_only) {
                 // A first post: to an open chat (members have theirs from New).
                 self.inbox.insert(poster_key(&chat, user), &[][..])?;
             }
@@ -945,25 +975,31 @@ impl SledStore {
 
     /// Raises `user`'s read position in `chat` to `mark` (never lowers
     /// it); the position before, if the user had one.
-    fn raise_read(&self, user: &str, chat: &Uuid, mark: ReadMark) -> Result<Option<ReadMark>> {
+    fn raise_read(
+        &self,
+        user: &str,
+        chat: &Uuid,
+        mark: ReadMark,
+        how: Raise,
+    ) -> Result<Option<ReadValue>> {
         let key = inbox_key(user, chat);
         let old = self.inbox.fetch_and_update(&key, |old| {
-            let now = old
-                .and_then(|v| ReadValue::decode(v).ok())
-                .unwrap_or_default();
-            let raised = match mark.seq > now.seq {
-                true => ReadValue {
-                    seq: mark.seq,
-                    n: mark.n,
+            let mut now = match old {
+                Some(v) => ReadValue::decode(v).unwrap_or_default(),
+                None => ReadValue {
+                    reader_only: how == Raise::Read { open: true },
+                    ..ReadValue::default()
                 },
-                false => now,
             };
-            Some(raised.encode_to_vec())
+            if mark.seq > now.seq {
+                (now.seq, now.n) = (mark.seq, mark.n);
+            }
+            if how == Raise::Post {
+                now.reader_only = false;
+            }
+            Some(now.encode_to_vec())
         })?;
-        Ok(old
-            .map(|v| decode::<ReadValue>(&key, &v))
-            .transpose()?
-            .map(|v| ReadMark { seq: v.seq, n: v.n }))
+        old.map(|v| decode::<ReadValue>(&key, &v)).transpose()
     }
 
     /// `user`'s read position in `chat` (zero if none).
@@ -987,19 +1023,26 @@ impl SledStore {
             0 => 0,
             seq => self.message(chat, seq)?.map_or(0, |m| m.n),
         };
-        let before = self.raise_read(user, chat, ReadMark { seq, n })?;
-        let chat_open = self.chat(chat)?.is_some_and(|c| c.members.is_empty());
-        if before.is_none() && chat_open {
-            self.inbox.insert(poster_key(chat, user), &[][..])?;
-        }
-        let (mark, moved) = match before {
-            Some(b) if b.seq >= seq => (b, false),
+        let open = self.chat(chat)?.is_some_and(|c| c.members.is_empty());
+        let before = self.raise_read(user, chat, ReadMark { seq, n }, Raise::Read { open })?;
+        let (mark, moved) = match &before {
+            Some(b) if b.seq >= seq => (ReadMark { seq: b.seq, n: b.n }, false),
             _ => (ReadMark { seq, n }, seq > 0),
         };
+        let unread = self.unread(
+            chat,
+            self.activity(chat)?.n,
+            &ReadValue {
+                seq: mark.seq,
+                n: mark.n,
+                reader_only: false,
+            },
+        )?;
         Ok(Marked {
             mark,
-            messages: self.activity(chat)?.n,
+            unread,
             moved,
+            reader_only: before.map_or(open, |b| b.reader_only),
         })
     }
 
@@ -1087,6 +1130,9 @@ impl SledStore {
                 continue;
             };
             let read = decode::<ReadValue>(&key, &value)?;
+            if read.reader_only {
+                continue; // an open chat they have only read
+            }
             let a = self.activity(&chat)?;
             if after.is_some_and(|cursor| (a.active_us, chat) >= cursor) {
                 continue;
@@ -1114,12 +1160,26 @@ impl SledStore {
                 members,
                 last_message: self.preview(&chat, a.last_message)?,
                 last_seq: a.last_seq,
-                unread: a.n.saturating_sub(read.n),
+                unread: self.unread(&chat, a.n, &read)?,
                 read_seq: read.seq,
                 active_us: a.active_us,
             });
         }
         Ok(out)
+    }
+
+    /// The messages after a read position that are not deleted: the
+    /// chat's message count less the count at the position, less the
+    /// deleted ones after it (a range of `X` keys, usually empty).
+    fn unread(&self, chat: &Uuid, messages: u64, read: &ReadValue) -> Result<u64> {
+        let from = gone_key(chat, read.seq.saturating_add(1));
+        let to = gone_key(chat, u64::MAX);
+        let mut deleted = 0;
+        for entry in self.db.range(from..=to) {
+            entry?;
+            deleted += 1;
+        }
+        Ok(messages.saturating_sub(read.n).saturating_sub(deleted))
     }
 
     /// The newest message at or before `seq` that is not deleted, looking
@@ -1144,6 +1204,26 @@ impl SledStore {
         if version.is_some_and(|v| v >= LAYOUT) {
             return Ok(());
         }
+        if version.is_none_or(|v| v < 2) {
+            self.upgrade_to_2()?;
+        }
+        // Layout 3: the `X` keys of the messages deleted before they existed.
+        for entry in self.db.scan_prefix([MESSAGE]) {
+            let (key, value) = entry?;
+            if key.len() == 25 && is_deleted_message(&value) {
+                let chat = Uuid::from_slice(&key[1..17]).unwrap_or_default();
+                self.db.insert(gone_key(&chat, seq_of_key(&key)), &[][..])?;
+            }
+        }
+        self.db
+            .insert(VERSION, &u64::from(LAYOUT).to_be_bytes()[..])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Layout 2: the `I`, `P` and `A` keys of chats stored before they
+    /// existed (layout 1).
+    fn upgrade_to_2(&self) -> Result<()> {
         let mut open = std::collections::HashSet::new();
         for entry in self.db.scan_prefix([CHAT]) {
             let (key, value) = entry?;
@@ -1188,9 +1268,6 @@ impl SledStore {
                 self.inbox.insert(poster_key(&chat, &user), &[][..])?;
             }
         }
-        self.db
-            .insert(VERSION, &u64::from(LAYOUT).to_be_bytes()[..])?;
-        self.db.flush()?;
         Ok(())
     }
 }
@@ -1255,6 +1332,9 @@ impl SledStore {
                 message_key(&m.chat, m.seq),
                 MessageValue::from(&m).encode_to_vec(),
             )?;
+            if m.kind == Kind::Message && m.deleted {
+                self.db.insert(gone_key(&m.chat, m.seq), &[][..])?;
+            }
             if m.kind == Kind::Edit {
                 // Its message lists it, so that a delete clears it too.
                 let key = message_key(&m.chat, m.target);
@@ -1296,6 +1376,27 @@ impl SledStore {
         }
         Ok(())
     }
+}
+
+/// What moves a read position (see [`SledStore::raise_read`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Raise {
+    /// The user posted: the chat is theirs (in their inbox) from now on.
+    Post,
+    /// MarkRead, in an open chat or not.
+    Read { open: bool },
+}
+
+/// The `X` key of the deleted message at `seq`.
+fn gone_key(chat: &Uuid, seq: u64) -> [u8; 25] {
+    let mut key = message_key(chat, seq);
+    key[0] = GONE;
+    key
+}
+
+/// Whether a stored entry is a deleted message (not an event).
+fn is_deleted_message(value: &[u8]) -> bool {
+    MessageValue::decode(value).is_ok_and(|v| v.deleted && v.kind == Kind::Message.number())
 }
 
 /// The `Q` keys rewriting the entry at `seq`.
