@@ -52,7 +52,12 @@ impl ChatService {
         identify(
             &self.auth,
             &self.metrics,
-            |name| md.get(name).and_then(|v| v.to_str().ok()),
+            |name| {
+                md.get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            },
             None,
             request.extensions().get::<PeerIdentity>(),
         )
@@ -445,7 +450,7 @@ enum Event {
 pub(crate) async fn identify<'a>(
     auth: &Auth,
     metrics: &Metrics,
-    get: impl Fn(&str) -> Option<&'a str>,
+    get: impl Fn(&str) -> Vec<&'a str>,
     token: Option<&str>,
     peer: Option<&PeerIdentity>,
 ) -> Result<Option<Identity>, Error> {

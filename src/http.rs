@@ -181,7 +181,13 @@ impl Http {
         grpc::identify(
             &self.auth,
             self.chats.metrics(),
-            |name| headers.get(name).and_then(|v| v.to_str().ok()),
+            |name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            },
             token,
             peer,
         )

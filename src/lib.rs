@@ -243,13 +243,21 @@ impl Server {
             // grpcurl before 1.9 speaks only v1alpha.
             let reflection_v1alpha = reflection().build_v1alpha().map_err(RunError::Reflection)?;
 
-            if matches!(*auth, auth::Auth::None)
-                && !listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
-            {
-                tracing::warn!(
+            let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+            match *auth {
+                auth::Auth::None if !loopback => tracing::warn!(
                     "--auth none on a non-loopback address: anyone who can reach it may read any chat \
                      and send as anyone; use --auth jwt or --auth header"
-                );
+                ),
+                auth::Auth::Header(_) if !loopback => tracing::warn!(
+                    "--auth header on a non-loopback address: whoever reaches the port directly, \
+                     past the sidecar, names themselves; listen on loopback behind the sidecar"
+                ),
+                auth::Auth::Jwt(_) if config.jwt_audience.is_none() => tracing::warn!(
+                    "--auth jwt without --jwt-audience: a token the key set verifies is accepted \
+                     whichever application it was minted for; set --jwt-audience"
+                ),
+                _ => {}
             }
             let service = pb::chat_server::ChatServer::new(grpc::ChatService::new(
                 chats.clone(),

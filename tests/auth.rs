@@ -464,3 +464,222 @@ async fn header_mode_takes_the_identity_from_the_sidecar_header_and_tokens_never
         assert!(!log.contains(signature), "a token's signature in the log");
     }
 }
+
+/// The probe's finding: with `--jwt-audience` / `--jwt-issuer` set, a token
+/// without the claim at all used to pass (only a wrong value was refused),
+/// and a missing claim was reported as a missing expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_audience_or_issuer_is_required_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = jwt_server(dir.path(), |c| {
+        c.jwt_issuer = Some("https://idp.test".into());
+        c.jwt_audience = Some("chat".into());
+    })
+    .await;
+    let mut c = server.client().await;
+    let good = json!({"sub": "ann", "iss": "https://idp.test", "aud": "chat"});
+    c.new_chat(bearer(&token(good.clone()), pb::NewRequest::default()))
+        .await
+        .unwrap();
+    for (claim, why) in [("aud", "no audience (aud)"), ("iss", "no issuer (iss)")] {
+        let mut claims = good.clone();
+        claims.as_object_mut().unwrap().remove(claim);
+        let err = c
+            .new_chat(bearer(&token(claims), pb::NewRequest::default()))
+            .await
+            .unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "chat.Auth.InvalidToken");
+        assert!(err.message().contains(why), "{claim}: {err:?}");
+    }
+    server.stop().await;
+
+    // Without an audience, the server says at startup what that accepts.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--auth",
+        "jwt",
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let bin = Binary::start(bin_dir.path(), &args).await;
+    wait_until(|| bin.log_text().contains("without --jwt-audience")).await;
+    drop(bin);
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(
+        bin_dir.path(),
+        &[&args[..], &["--jwt-audience", "chat"]].concat(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!bin.log_text().contains("without --jwt-audience"));
+}
+
+/// RFC 7515 4.1.11: a `crit` header naming an extension the server does
+/// not understand must be rejected (this server understands none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_critical_extensions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = jwt_server(dir.path(), |_| {}).await;
+    let mut c = server.client().await;
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["http://example.test/must-understand".into()]);
+    header
+        .extras
+        .insert("http://example.test/must-understand", true);
+    let crit = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "ann", "exp": now() + 600}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    let err = c
+        .new_chat(bearer(&crit, pb::NewRequest::default()))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "chat.Auth.InvalidToken");
+    assert!(err.message().contains("crit"), "{err:?}");
+    server.stop().await;
+}
+
+/// An `exp` with a fraction is a valid NumericDate (RFC 7519 2): the
+/// stream it opens ends when it expires, as with a whole `exp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_a_fractional_exp_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = jwt_server(dir.path(), |c| c.jwt_leeway = 0).await;
+    let mut c = server.client().await;
+    let chat = c
+        .new_chat(bearer(&user("ann"), pb::NewRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .chat_id;
+    let short = token(json!({"sub": "ann", "exp": now() as f64 + 2.5}));
+    let (_tx, mut req) = connect_request(&chat, "", None);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {short}").parse().unwrap());
+    let mut rx = c.connect(req).await.unwrap().into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(10), rx.message())
+        .await
+        .expect("the stream ends once the token expires")
+        .unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "chat.Auth.InvalidToken");
+    server.stop().await;
+}
+
+/// An `exp` past what the clock can count (2^64-1) used to panic the
+/// Connect handler and leave the open-streams gauge counting a stream that
+/// was gone: the stream works, and the gauge follows its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_valid_for_ever_opens_a_stream_and_the_gauge_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = jwt_server(dir.path(), |_| {}).await;
+    let mut c = server.client().await;
+    let forever = token(json!({"sub": "ann", "exp": u64::MAX}));
+    let chat = c
+        .new_chat(bearer(&forever, pb::NewRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .chat_id;
+    let (tx, mut req) = connect_request(&chat, "", Some("0"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {forever}").parse().unwrap(),
+    );
+    let mut rx = c.connect(req).await.unwrap().into_inner();
+    c.send(bearer(&forever, send_req(&chat, "", "f1", "still here")))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.text, "still here");
+    assert_eq!(server.chats.metrics().streams_open.get(), 1);
+    drop((tx, rx)); // the call is cancelled
+    wait_until(|| server.chats.metrics().streams_open.get() == 0).await;
+    server.stop().await;
+}
+
+/// With `--auth header`, a request carrying the identity header twice
+/// (a client's copy the sidecar appended to) used to be the first copy's
+/// user: now refused, over gRPC and HTTP/1, as are two bearer tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_the_identity_header_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(
+        dir.path(),
+        &["--auth", "header", "--auth-header", "x-user-id"],
+    )
+    .await;
+    let mut c = bin.client().await;
+    let mut req = Request::new(pb::NewRequest::default());
+    req.metadata_mut()
+        .append("x-user-id", "ann".parse().unwrap());
+    req.metadata_mut()
+        .append("x-user-id", "mallory".parse().unwrap());
+    let err = c.new_chat(req).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "chat.Auth.DuplicateHeader");
+    assert!(err.message().contains("x-user-id"), "{err:?}");
+
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/chat/Chat/New", bin.addr);
+    let refused = http
+        .post(&url)
+        .header("x-user-id", "ann")
+        .header("x-user-id", "mallory")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("chat.Auth.DuplicateHeader"), "{body}");
+    let one = http
+        .post(&url)
+        .header("x-user-id", "ann")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200, "{:?}", one.text().await);
+
+    // Loopback is where a header-mode server belongs; elsewhere it warns.
+    assert!(!bin.log_text().contains("--auth header on a non-loopback"));
+    let dir = tempfile::tempdir().unwrap();
+    let wide = Binary::start_on(
+        dir.path(),
+        "0.0.0.0:0",
+        &["--auth", "header", "--auth-header", "x-user-id"],
+    )
+    .await;
+    wait_until(|| wide.log_text().contains("--auth header on a non-loopback")).await;
+
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let jwt_dir = tempfile::tempdir().unwrap();
+    let jwt = TestServer::start_with({
+        let mut config = test_config(jwt_dir.path()).await;
+        config.auth = AuthMode::Jwt;
+        config.jwt_secret_file = Some(secret);
+        config
+    })
+    .await;
+    let mut c = jwt.client().await;
+    let mut req = Request::new(pb::NewRequest::default());
+    for who in ["ann", "bob"] {
+        req.metadata_mut().append(
+            "authorization",
+            format!("Bearer {}", user(who)).parse().unwrap(),
+        );
+    }
+    let err = c.new_chat(req).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "chat.Auth.DuplicateHeader");
+    jwt.stop().await;
+}

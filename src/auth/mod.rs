@@ -147,7 +147,13 @@ impl Jwt {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = o.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer is required, not only checked
+        // when present: else a token minted for any application of the
+        // identity provider, without `aud`, would pass.
+        let mut required = vec!["exp"];
+        required.extend(o.audience.map(|_| "aud"));
+        required.extend(o.issuer.map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
         validation.validate_aud = o.audience.is_some();
         if let Some(aud) = o.audience {
             validation.set_audience(&[aud]);
@@ -239,6 +245,13 @@ impl Jwt {
         let invalid = |why: &str| Error::Unauthenticated("chat.Auth.InvalidToken", why.into());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the bearer token is not a JWT a server can accept"))?;
+        // RFC 7515 4.1.11: extensions marked critical must be understood,
+        // and this server understands none.
+        if header.crit.is_some() {
+            return Err(invalid(
+                "the token's header marks extensions as critical (crit), which this server does not support",
+            ));
+        }
         let mut keys = self.keys();
         if let (Keys::Set(set), Some(kid)) = (&*keys, &header.kid) {
             if !set.contains_key(kid) {
@@ -267,6 +280,17 @@ impl Jwt {
             &validation,
         )
         .map_err(|e| {
+            if let ErrorKind::MissingRequiredClaim(claim) = e.kind() {
+                return Error::Unauthenticated(
+                    "chat.Auth.InvalidToken",
+                    match claim.as_str() {
+                        "exp" => "the token has no expiry (exp)".into(),
+                        "aud" => "the token has no audience (aud); this server requires one".into(),
+                        "iss" => "the token has no issuer (iss); this server requires one".into(),
+                        other => format!("the token has no {other:?} claim"),
+                    },
+                );
+            }
             invalid(match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired",
                 ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
@@ -276,7 +300,6 @@ impl Jwt {
                 }
                 ErrorKind::InvalidIssuer => "the token's issuer (iss) is not the expected one",
                 ErrorKind::InvalidAudience => "the token's audience (aud) is not this service",
-                ErrorKind::MissingRequiredClaim(_) => "the token has no expiry (exp)",
                 _ => "the bearer token is malformed",
             })
         })?;
@@ -303,9 +326,21 @@ impl Jwt {
         Ok(Identity {
             user: user.to_owned(),
             service,
-            expires_at: claims.get("exp").and_then(|e| e.as_u64()),
+            expires_at: claims.get("exp").and_then(expiry),
         })
     }
+}
+
+/// A token's `exp` as whole unix seconds. A NumericDate may have a
+/// fraction (RFC 7519 2): rounded up, so that a stream ends no earlier than
+/// the token does (and, past the clock's range, never).
+fn expiry(exp: &serde_json::Value) -> Option<u64> {
+    exp.as_u64().or_else(|| {
+        exp.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            // `as` saturates at u64::MAX.
+            .map(|f| f.ceil() as u64)
+    })
 }
 
 impl KeySource {
@@ -351,21 +386,39 @@ fn public_key(pem: &[u8]) -> Option<(DecodingKey, AlgorithmFamily)> {
 }
 
 impl Auth {
-    /// The caller of a request, from its headers (`get` reads one by its
-    /// lower-case name); `token` is a bearer token found elsewhere (the
-    /// WebSocket's subprotocols or query). `None` when auth is off.
+    /// The caller of a request, from its headers (`get` reads every value
+    /// of one by its lower-case name, in order); `token` is a bearer token
+    /// found elsewhere (the WebSocket's subprotocols or query). `None` when
+    /// auth is off.
     ///
     /// # Errors
-    /// `Unauthenticated`: no credential, or one that does not verify.
+    /// `Unauthenticated`: no credential, one that does not verify, or the
+    /// credential's header more than once.
     pub async fn identify<'a>(
         &self,
-        get: impl Fn(&str) -> Option<&'a str>,
+        get: impl Fn(&str) -> Vec<&'a str>,
         token: Option<&str>,
         peer: Option<&PeerIdentity>,
     ) -> Result<Option<Identity>, Error> {
+        // Two copies of the header that names the caller are two claims:
+        // which one a sidecar meant cannot be told (it should have replaced
+        // the client's, not appended to it), so neither is believed.
+        let one = |name: &str| -> Result<Option<&'a str>, Error> {
+            match get(name)[..] {
+                [] => Ok(None),
+                [value] => Ok(Some(value)),
+                _ => Err(Error::Unauthenticated(
+                    "chat.Auth.DuplicateHeader",
+                    format!(
+                        "the {name} header is present more than once; send it exactly once \
+                         (a proxy must replace a client's copy, not add another)"
+                    ),
+                )),
+            }
+        };
         match self {
             Auth::None => Ok(None),
-            Auth::Header(name) => match get(name).map(str::trim).filter(|v| !v.is_empty()) {
+            Auth::Header(name) => match one(name)?.map(str::trim).filter(|v| !v.is_empty()) {
                 Some(user) => Ok(Some(Identity {
                     user: user.to_owned(),
                     service: false,
@@ -388,7 +441,7 @@ impl Auth {
                 )),
             },
             Auth::Jwt(jwt) => {
-                let bearer = get("authorization").and_then(|v| {
+                let bearer = one("authorization")?.and_then(|v| {
                     let (scheme, token) = v.trim().split_once(' ')?;
                     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
                 });
