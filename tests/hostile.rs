@@ -403,6 +403,62 @@ async fn ids_with_control_or_bidi_override_characters_are_refused() {
 }
 
 #[tokio::test]
+async fn ids_with_invisible_characters_or_a_leading_combining_mark_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let chat = new_chat(&mut c, &["ann"]).await;
+    // "ann" + U+200B renders as "ann" and would be a second ann.
+    let err = c
+        .new_chat(pb::NewRequest {
+            user_ids: vec!["ann".into(), "ann\u{200b}".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.New.InvalidUserID");
+    assert!(err.message().contains("U+200B"), "{}", err.message());
+    let err = c
+        .send(send_req(&chat, "ann", "c\u{feff}1", "hi"))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.Send.InvalidClientID");
+    assert!(err.message().contains("U+FEFF"), "{}", err.message());
+    let err = c
+        .new_chat(pb::NewRequest {
+            user_ids: vec!["\u{301}ann".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.New.InvalidUserID");
+    assert!(
+        err.message().contains("U+0301") && err.message().contains("combining mark"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .send(send_req(&chat, "\u{301}ann", "c2", "hi"))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "chat.Send.InvalidUserID");
+    // Nothing stored: no message, and ann is in no chat but the first.
+    assert!(all_messages(&mut c, &chat).await.is_empty());
+    let inbox = c
+        .list_chats(pb::ListChatsRequest {
+            user_id: "ann".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let chats: Vec<_> = inbox.chats.iter().map(|s| s.chat_id.as_str()).collect();
+    assert_eq!(chats, [chat.as_str()]);
+    // A mark after its letter is part of a name.
+    send(&mut c, &chat, "ann", "c3", "hi").await;
+    new_chat(&mut c, &["Jose\u{301}"]).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn non_ascii_users_connect_with_user_id_bin() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;

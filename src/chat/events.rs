@@ -6,8 +6,8 @@
 use uuid::Uuid;
 
 use super::{
-    acting_as, check_id, commit::Answer, forbidden_in_id, forbidden_why, ids, invalid, now, now_us,
-    wait_commit, Caller, Chats,
+    acting_as, check_id, commit::Answer, id_fault, ids, invalid, now, now_us, wait_commit, Caller,
+    Chats,
 };
 use crate::{
     error::{Error, Result},
@@ -93,11 +93,8 @@ impl Chats {
                 ),
             ));
         }
-        if let Some(c) = change.client_id.chars().find(|&c| forbidden_in_id(c)) {
-            return Err(invalid(
-                id("InvalidClientID"),
-                format!("client_id: {}", forbidden_why(c)),
-            ));
+        if let Some(why) = id_fault(&change.client_id) {
+            return Err(invalid(id("InvalidClientID"), format!("client_id: {why}")));
         }
         let size = change.subject.len() + change.text.len();
         if size > limits.max_message_bytes {

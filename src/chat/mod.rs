@@ -56,9 +56,7 @@ pub use events::{Change, Changed};
 use fanout::{ChatState, Recent};
 pub use fanout::{Follower, Subscription};
 pub use history::HistoryPage;
-use ids::{
-    check_id, forbidden_in_id, forbidden_why, parse_chat_id, ChatIdErrors, CONNECT_IDS, SEND_IDS,
-};
+use ids::{check_id, id_fault, parse_chat_id, ChatIdErrors, CONNECT_IDS, SEND_IDS};
 pub(crate) use ids::{shown, HISTORY_IDS};
 pub use inbox::Inbox;
 pub use presence::Present;
@@ -339,10 +337,10 @@ impl Chats {
         }
         // No store keeps NUL in text (PostgreSQL refuses it), so no store
         // gets one: the same message is valid on every backend.
-        if let Some(c) = draft.client_id.chars().find(|&c| forbidden_in_id(c)) {
+        if let Some(why) = id_fault(&draft.client_id) {
             return Err(invalid(
                 "chat.Send.InvalidClientID",
-                format!("client_id: {}", forbidden_why(c)),
+                format!("client_id: {why}"),
             ));
         }
         if draft.subject.contains('\0') || draft.text.contains('\0') {
@@ -805,12 +803,8 @@ mod tests {
                     && user_ids.iter().all(|u| {
                         !u.is_empty()
                             && u.len() <= 8
-                            && u.chars().all(|c| {
-                                !c.is_control()
-                                    && !('\u{202A}'..='\u{202E}').contains(&c)
-                                    && !('\u{2066}'..='\u{2069}').contains(&c)
-                                    && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}')
-                            })
+                            // Which characters: ids.rs's tests.
+                            && id_fault(u).is_none()
                     });
                 match rt.block_on(chats.new_chat(user_ids.clone(), None)) {
                     Ok(chat) => {
