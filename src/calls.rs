@@ -21,6 +21,34 @@ pub(crate) fn limited_as(method: &str) -> Option<crate::chat::rate::Action> {
         .then_some(crate::chat::rate::Action::Send)
 }
 
+/// The chat a request names, or that New's response names: the `chat_id`
+/// of the call's log line, over gRPC and HTTP alike. Empty for what names
+/// no chat (ListChats; a New that was refused).
+pub(crate) trait NamesChat {
+    fn chat_id(&self) -> &str {
+        ""
+    }
+}
+
+macro_rules! names_chat {
+    (by chat_id: $($with:ident),*; none: $($without:ident),*;) => {
+        $(impl NamesChat for pb::$with {
+            fn chat_id(&self) -> &str {
+                &self.chat_id
+            }
+        })*
+        $(impl NamesChat for pb::$without {})*
+    };
+}
+
+names_chat! {
+    by chat_id: HistoryRequest, SendRequest, MarkReadRequest, ReadStateRequest, EditRequest,
+        DeleteRequest, PresenceRequest, TypingRequest, NewResponse;
+    none: NewRequest, ListChatsRequest, HistoryResponse, SendResponse, ListChatsResponse,
+        MarkReadResponse, ReadStateResponse, EditResponse, DeleteResponse, PresenceResponse,
+        TypingResponse;
+}
+
 pub(crate) async fn list_chats(
     chats: &Chats,
     req: pb::ListChatsRequest,

@@ -139,10 +139,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_BUDGET_WAIT", default_value_t = 10)]
     pub budget_wait: u64,
 
-    /// Sends (Send calls and messages on Connect streams) a second per
-    /// caller (its verified identity, else its address), with bursts of
-    /// twice as many; past it, RESOURCE_EXHAUSTED chat.RateLimited (HTTP 429
-    /// with Retry-After). Per replica. 0: no limit.
+    /// Writes a second per caller (its verified identity, else its
+    /// address): Send calls, messages on Connect streams, Edit, Delete,
+    /// MarkRead and Typing, all from one budget, with bursts of twice as
+    /// many; past it, RESOURCE_EXHAUSTED chat.RateLimited (HTTP 429 with
+    /// Retry-After). Per replica. 0: no limit.
     #[arg(long, env = "CHAT_RATE_LIMIT_SEND", default_value_t = 0.0)]
     pub rate_limit_send: f64,
 

@@ -15,7 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{Auth, Identity},
-    calls,
+    calls::{self, NamesChat},
     chat::{
         rate::{Action, Who},
         Chats, Draft, Subscription,
@@ -73,10 +73,13 @@ impl ChatService {
         call: F,
     ) -> Result<Response<Resp>, Status>
     where
+        Req: NamesChat,
+        Resp: NamesChat,
         F: FnOnce(Chats, Req, Option<Identity>) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
     {
-        self.observe(method, "", async {
+        let chat_id = request.get_ref().chat_id().to_owned();
+        self.observe(method, &chat_id, async {
             let caller = self.caller(&request).await?;
             if let Some(action) = calls::limited_as(method) {
                 self.chats
@@ -87,8 +90,9 @@ impl ChatService {
         .await
     }
 
-    /// Runs a unary call, then counts and logs it.
-    async fn observe<T>(
+    /// Runs a unary call, then counts and logs it with the chat its
+    /// request names (`chat_id`), or else the one its response names.
+    async fn observe<T: NamesChat>(
         &self,
         method: &'static str,
         chat_id: &str,
@@ -97,6 +101,10 @@ impl ChatService {
         let started = Instant::now();
         let result = call.await.map_err(Status::from);
         let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        let chat_id = match &result {
+            Ok(resp) if chat_id.is_empty() => resp.chat_id(),
+            _ => chat_id,
+        };
         finished(
             &self.metrics,
             method,

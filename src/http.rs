@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     auth::{Auth, Identity},
+    calls::NamesChat,
     chat::{
         budget::Lease,
         rate::{Action, Who},
@@ -359,8 +360,8 @@ async fn handle<Req, Resp, F, Fut>(
     call: F,
 ) -> Response
 where
-    Req: DeserializeOwned,
-    Resp: serde::Serialize,
+    Req: DeserializeOwned + NamesChat,
+    Resp: serde::Serialize + NamesChat,
     F: FnOnce(Http, Req, Option<Identity>, Who) -> Fut,
     Fut: std::future::Future<Output = Result<(Resp, Option<Lease>), Error>>,
 {
@@ -389,6 +390,8 @@ where
             "send the body as JSON with Content-Type: application/json",
         );
     }
+    // For the log line: the chat the request names, once it is parsed.
+    let mut chat_id = String::new();
     let result = async {
         let caller = http.caller(&headers, None, peer.as_ref()).await?;
         let bytes: Bytes = axum::body::to_bytes(body, http.max_body)
@@ -405,15 +408,20 @@ where
                 format!("the body is not a valid {method} request: {e}"),
             )
         })?;
+        req.chat_id().clone_into(&mut chat_id);
         let who = Who::of(caller.as_ref(), addr);
         call(http.clone(), req, caller, who).await
     }
     .await;
     let code = result.as_ref().err().map_or(tonic::Code::Ok, grpc::code_of);
+    let chat_id = match &result {
+        Ok((resp, _)) if chat_id.is_empty() => resp.chat_id(),
+        _ => &chat_id,
+    };
     grpc::finished(
         http.chats.metrics(),
         method,
-        "",
+        chat_id,
         code,
         started.elapsed(),
         None,

@@ -254,6 +254,65 @@ async fn logs_one_json_line_per_rpc_without_message_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_name_a_chat_log_its_id_over_grpc_and_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    let mut c = bin.client().await;
+    let chat = new_chat(&mut c, &["ann"]).await;
+    // Refused calls, whose lines are at info (the binary logs at info).
+    let err = c
+        .mark_read(pb::MarkReadRequest {
+            chat_id: chat.clone(),
+            user_id: "eve".into(),
+            seq: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let http = reqwest::Client::new();
+    for (method, body, status) in [
+        (
+            "Edit",
+            format!(
+                r#"{{"chat_id":"{chat}","user_id":"ann","seq":9,"client_id":"e1","text":"x"}}"#
+            ),
+            404,
+        ),
+        (
+            "Send",
+            format!(r#"{{"chat_id":"{chat}","user_id":"eve","client_id":"s1","text":"x"}}"#),
+            403,
+        ),
+    ] {
+        let resp = http
+            .post(format!("http://{}/chat/Chat/{method}", bin.addr))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method}");
+    }
+    let logged = |method: &str| {
+        bin.log.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let f = &v["fields"];
+            (f["message"] == "rpc" && f["method"] == method && f["code"] != "OK")
+                .then(|| f["chat_id"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    wait_until(|| {
+        ["MarkRead", "Edit", "Send"]
+            .iter()
+            .all(|m| logged(m).is_some())
+    })
+    .await;
+    for method in ["MarkRead", "Edit", "Send"] {
+        assert_eq!(logged(method).as_deref(), Some(chat.as_str()), "{method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_fails_at_once_and_the_first_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let first = Binary::start(dir.path(), &["--store", "sled"]).await;
