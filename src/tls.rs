@@ -15,7 +15,10 @@ use std::{
 };
 
 use rustls::{
-    pki_types::{CertificateDer, PrivateKeyDer},
+    pki_types::{
+        pem::{self, PemObject},
+        CertificateDer, PrivateKeyDer,
+    },
     server::WebPkiClientVerifier,
     RootCertStore, ServerConfig,
 };
@@ -118,16 +121,34 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
 /// An unreadable file or bad PEM.
 pub fn read_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {flag} {path:?}: {e}"))?;
-    rustls_pemfile::certs(&mut &pem[..])
+    CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{flag} {path:?} is not PEM: {e}"))
+        .map_err(|e| format!("{flag} {path:?} is not PEM: {}", pem_why(e)))
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read --tls-key {path:?}: {e}"))?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| format!("--tls-key {path:?} is not PEM: {e}"))?
-        .ok_or_else(|| format!("--tls-key {path:?} holds no private key (PKCS#8, PKCS#1 or SEC1)"))
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            format!("--tls-key {path:?} holds no private key (PKCS#8, PKCS#1 or SEC1)")
+        }
+        e => format!("--tls-key {path:?} is not PEM: {}", pem_why(e)),
+    })
+}
+
+/// A PEM parse error with the offending line as text: the parser's own
+/// message shows it as a list of byte values.
+fn pem_why(e: pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(&end_marker);
+            format!("the {label} section has no -----END {label}----- line")
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("bad section start {:?}", String::from_utf8_lossy(&line))
+        }
+        e => e.to_string(),
+    }
 }
 
 /// The identity a client certificate names: its first URI SAN (a SPIFFE id
@@ -160,4 +181,35 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
         .map(str::trim)
         .filter(|id| !id.is_empty())
         .map(|id| PeerIdentity(id.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_pem_is_refused_with_the_file_and_the_fault_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.pem");
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        let e = read_certs(&path, "--tls-cert").unwrap_err();
+        assert!(
+            e.starts_with("--tls-cert ")
+                && e.contains(
+                    "is not PEM: the CERTIFICATE section has no -----END CERTIFICATE----- line"
+                ),
+            "{e}"
+        );
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = read_certs(&path, "--tls-cert").unwrap_err();
+        assert!(e.contains("is not PEM: base64"), "{e}");
+        std::fs::write(&path, "no PEM here\n").unwrap();
+        assert_eq!(read_certs(&path, "--tls-cert").unwrap(), []);
+        let e = read_key(&path).unwrap_err();
+        assert!(e.contains("holds no private key"), "{e}");
+    }
 }

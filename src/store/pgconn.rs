@@ -146,13 +146,9 @@ fn tls_config(verify: Verify, rootcert: Option<&str>) -> Result<ClientConfig> {
     let mut roots = RootCertStore::empty();
     match rootcert {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                StoreError::Config(format!("cannot read sslrootcert {path:?}: {e}"))
-            })?;
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.map_err(|e| {
-                    StoreError::Config(format!("sslrootcert {path:?} is not PEM: {e}"))
-                })?;
+            let certs = crate::tls::read_certs(std::path::Path::new(path), "sslrootcert")
+                .map_err(StoreError::Config)?;
+            for cert in certs {
                 roots
                     .add(cert)
                     .map_err(|e| StoreError::Config(format!("sslrootcert {path:?}: {e}")))?;

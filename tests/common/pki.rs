@@ -12,7 +12,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+    ClientConfig, RootCertStore,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Channel;
@@ -117,7 +120,7 @@ impl Ca {
 pub fn client_config(ca: &Path, client: Option<&Pair>, alpn: &[&str]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
-    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.unwrap()).unwrap();
     }
     let builder =
@@ -129,11 +132,10 @@ pub fn client_config(ca: &Path, client: Option<&Pair>, alpn: &[&str]) -> Arc<Cli
         None => builder.with_no_client_auth(),
         Some(pair) => {
             let pem = std::fs::read(&pair.cert).unwrap();
-            let certs = rustls_pemfile::certs(&mut &pem[..])
+            let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap();
-            let key = std::fs::read(&pair.key).unwrap();
-            let key = rustls_pemfile::private_key(&mut &key[..]).unwrap().unwrap();
+            let key = PrivateKeyDer::from_pem_slice(&std::fs::read(&pair.key).unwrap()).unwrap();
             builder.with_client_auth_cert(certs, key).unwrap()
         }
     };
