@@ -4,27 +4,8 @@
 
 mod common;
 
-use std::{io::Write, process::Stdio};
-
 use chat::pb;
 use common::*;
-
-/// Runs the binary with `args` (and `stdin`); its stdout, or its stderr as the error.
-fn chat_cmd(args: &[&str], stdin: &[u8]) -> Result<String, String> {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    match out.status.success() {
-        true => Ok(String::from_utf8(out.stdout).unwrap()),
-        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_then_import_moves_a_sled_deployment_to_postgres_keeping_everything() {

@@ -362,6 +362,23 @@ impl Binary {
     }
 }
 
+/// Runs the binary with `args` (and `stdin`); its stdout, or its stderr as the error.
+pub fn chat_cmd(args: &[&str], stdin: &[u8]) -> Result<String, String> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8(out.stdout).unwrap()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
 /// Waits (at most 10 s) until `cond` holds.
 pub async fn wait_until(cond: impl Fn() -> bool) {
     for _ in 0..1000 {
