@@ -24,7 +24,8 @@
 //! A chat's log under `M` holds messages and their edit and delete events
 //! (one gap-free seq for both). An edit rewrites its message in place (and
 //! lists the event's seq in it); a delete clears the message's subject and
-//! text and those of its edits, so the bytes are gone once sled compacts.
+//! text and those of its edits. Older copies of the node stay in sled's log
+//! until it reuses the space, at no set time (README, "Deleting for good").
 //! The message is already durable and readable, so its rewrite must not
 //! show before the change is durable: the change's entry and its rewrites
 //! (under `Q` keys) go in one batch (rare, so sled's global batch lock is
