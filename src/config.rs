@@ -92,7 +92,10 @@ pub struct Config {
     )]
     pub pg_listen_url: Option<Secret>,
 
-    /// Memory for the store's page cache, in MiB (the rest stays on disk).
+    /// MiB for the embedded store's page cache (sled; unused with
+    /// PostgreSQL), above a floor this cannot lower: each of sled's 256
+    /// cache shards keeps the tree node it used last (up to 16 messages),
+    /// ≈ 4,096 × the message size in all (README, "Memory").
     #[arg(long, env = "CHAT_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
 
