@@ -15,10 +15,15 @@ type Caller<'a> = Option<&'a crate::auth::Identity>;
 
 /// The rate limit a call counts against: the ones that write (an edit or a
 /// delete is a log entry like a message; a read position or a typing signal
-/// a write or a notification) count as Sends.
+/// a write or a notification) count as Sends; the ones that read the
+/// store, as reads.
 pub(crate) fn limited_as(method: &str) -> Option<crate::chat::rate::Action> {
-    matches!(method, "Edit" | "Delete" | "MarkRead" | "Typing")
-        .then_some(crate::chat::rate::Action::Send)
+    use crate::chat::rate::Action;
+    match method {
+        "Edit" | "Delete" | "MarkRead" | "Typing" => Some(Action::Send),
+        "History" | "ListChats" | "ReadState" | "Presence" => Some(Action::Read),
+        _ => None,
+    }
 }
 
 /// The chat a request names, or that New's response names: the `chat_id`

@@ -155,6 +155,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_RATE_LIMIT_NEW", default_value_t = 0.0)]
     pub rate_limit_new: f64,
 
+    /// Reads a second per caller, as --rate-limit-send but a budget of its
+    /// own: History, ListChats, ReadState and Presence, so that one caller
+    /// looping them cannot starve the others. 0: no limit.
+    #[arg(long, env = "CHAT_RATE_LIMIT_READ", default_value_t = 200.0)]
+    pub rate_limit_read: f64,
+
     /// Track who is present in each chat (a member with a Connect stream
     /// open): join and leave events, the Presence RPC, heartbeats between
     /// replicas. `--presence=false` turns it off.
@@ -483,6 +489,7 @@ impl Config {
             budget_wait: Duration::from_secs(self.budget_wait),
             rate_limit_send: self.rate_limit_send.max(0.0),
             rate_limit_new: self.rate_limit_new.max(0.0),
+            rate_limit_read: self.rate_limit_read.max(0.0),
             presence: self.presence,
             presence_ttl: Duration::from_secs(self.presence_ttl.max(3)),
             typing: self.typing,

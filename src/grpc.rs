@@ -145,10 +145,13 @@ impl pb::chat_server::Chat for ChatService {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let caller = self.caller(&request).await;
+        let who = rate_key(&request, caller.as_ref().ok().and_then(Option::as_ref));
         let req = request.into_inner();
         let mut lease = None;
         let mut response = self
             .observe("History", &req.chat_id, async {
+                let caller = caller?;
+                self.chats.admit(Action::Read, &who)?;
                 let mut page = self
                     .chats
                     .history(
@@ -157,7 +160,7 @@ impl pb::chat_server::Chat for ChatService {
                         req.before_seq,
                         req.after_seq,
                         view(&req),
-                        caller?.as_ref(),
+                        caller.as_ref(),
                     )
                     .await?;
                 page.fit(wire_len);

@@ -256,7 +256,8 @@ async fn history(
         addr.map(|Extension(a)| a.0),
         headers,
         body,
-        |http, req: pb::HistoryRequest, caller, _| async move {
+        |http, req: pb::HistoryRequest, caller, who| async move {
+            http.chats.admit(Action::Read, &who)?;
             let mut page = http
                 .chats
                 .history(

@@ -63,6 +63,7 @@ pub struct Metrics {
     /// Calls refused by `--rate-limit-send` / `--rate-limit-new`.
     pub rate_limited_send: Counter,
     pub rate_limited_new: Counter,
+    pub rate_limited_read: Counter,
 }
 
 impl Default for Metrics {
@@ -187,6 +188,7 @@ impl Default for Metrics {
         );
         let rate_limited_send = rate_limited.get_or_create(&[("action", "send")]).clone();
         let rate_limited_new = rate_limited.get_or_create(&[("action", "new")]).clone();
+        let rate_limited_read = rate_limited.get_or_create(&[("action", "read")]).clone();
         let flush_latency = latency_histogram();
         registry.register(
             "chat_flush_duration_seconds",
@@ -217,6 +219,7 @@ impl Default for Metrics {
             connections_timed_out_idle,
             rate_limited_send,
             rate_limited_new,
+            rate_limited_read,
         }
     }
 }

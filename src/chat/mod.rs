@@ -89,6 +89,8 @@ pub struct Limits {
     pub rate_limit_send: f64,
     /// New chats a minute per caller (0: no limit).
     pub rate_limit_new: f64,
+    /// Reads (History, ListChats, ReadState, Presence) a second per caller; 0: none.
+    pub rate_limit_read: f64,
     /// Track who is present (`--presence`).
     pub presence: bool,
     /// How long another replica's users stay present unheard of.
@@ -111,6 +113,7 @@ impl Default for Limits {
             budget_wait: std::time::Duration::from_secs(10),
             rate_limit_send: 0.0,
             rate_limit_new: 0.0,
+            rate_limit_read: 0.0,
             presence: true,
             presence_ttl: Duration::from_secs(30),
             typing: true,
@@ -171,7 +174,11 @@ impl Chats {
         let (stop, stopped) = oneshot::channel();
         let metrics = Arc::new(Metrics::default());
         let budget = Budget::new(limits.memory_budget, limits.budget_wait, metrics.clone());
-        let rate = rate::RateLimits::new(limits.rate_limit_send, limits.rate_limit_new);
+        let rate = rate::RateLimits::new(
+            limits.rate_limit_send,
+            limits.rate_limit_new,
+            limits.rate_limit_read,
+        );
         let presence =
             presence::PresenceState::new(limits.presence, limits.typing, limits.presence_ttl);
         let shared = Arc::new(Shared {
@@ -211,6 +218,7 @@ impl Chats {
             let counter = match action {
                 rate::Action::Send => &self.shared.metrics.rate_limited_send,
                 rate::Action::New => &self.shared.metrics.rate_limited_new,
+                rate::Action::Read => &self.shared.metrics.rate_limited_read,
             };
             counter.inc();
         }

@@ -1,5 +1,7 @@
 //! Per-caller rate limits on what grows the store: Sends (`--rate-limit-send`
-//! per second) and new chats (`--rate-limit-new` per minute). Each caller
+//! per second) and new chats (`--rate-limit-new` per minute); and on what
+//! costs the store reads (`--rate-limit-read` per second), so that one
+//! caller cannot starve the others. Each caller
 //! has a token bucket holding up to twice its rate (a burst), refilled
 //! continuously; a call that finds it empty is refused with
 //! `chat.RateLimited` and told when a token will be there.
@@ -26,6 +28,7 @@ use crate::{auth::Identity, error::Error};
 pub enum Action {
     Send,
     New,
+    Read,
 }
 
 /// Whom a call is counted against.
@@ -56,18 +59,21 @@ impl Who {
     }
 }
 
-/// The two limits; either may be off.
+/// The three limits; any may be off.
 pub struct RateLimits {
     send: Option<Limiter>,
     new: Option<Limiter>,
+    read: Option<Limiter>,
 }
 
 impl RateLimits {
-    /// `send_per_sec` Sends a second, `new_per_min` chats a minute; 0 is off.
-    pub fn new(send_per_sec: f64, new_per_min: f64) -> Self {
+    /// `send_per_sec` Sends a second, `new_per_min` chats a minute,
+    /// `read_per_sec` reads a second; 0 is off.
+    pub fn new(send_per_sec: f64, new_per_min: f64, read_per_sec: f64) -> Self {
         RateLimits {
             send: (send_per_sec > 0.0).then(|| Limiter::new(send_per_sec, 2.0 * send_per_sec)),
             new: (new_per_min > 0.0).then(|| Limiter::new(new_per_min / 60.0, 2.0 * new_per_min)),
+            read: (read_per_sec > 0.0).then(|| Limiter::new(read_per_sec, 2.0 * read_per_sec)),
         }
     }
 
@@ -79,6 +85,7 @@ impl RateLimits {
         let (limiter, what) = match action {
             Action::Send => (&self.send, "messages"),
             Action::New => (&self.new, "new chats"),
+            Action::Read => (&self.read, "reads"),
         };
         let Some(limiter) = limiter else {
             return Ok(());
@@ -88,10 +95,10 @@ impl RateLimits {
                 format!(
                     "too many {what} from this caller (at most {} a {}); retry in {} ms",
                     limiter.shown_rate(action),
-                    if action == Action::Send {
-                        "second"
-                    } else {
+                    if action == Action::New {
                         "minute"
+                    } else {
+                        "second"
                     },
                     retry_after.as_millis().max(1)
                 ),
@@ -141,7 +148,7 @@ impl Limiter {
 
     fn shown_rate(&self, action: Action) -> f64 {
         match action {
-            Action::Send => self.rate,
+            Action::Send | Action::Read => self.rate,
             Action::New => self.rate * 60.0,
         }
     }
@@ -249,7 +256,7 @@ mod tests {
 
     #[test]
     fn off_limits_admit_everything() {
-        let limits = RateLimits::new(0.0, 0.0);
+        let limits = RateLimits::new(0.0, 0.0, 0.0);
         for _ in 0..1000 {
             limits.admit(Action::Send, &Who::Unknown).unwrap();
             limits.admit(Action::New, &Who::Unknown).unwrap();
@@ -258,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_rate_limited_with_the_wait() {
-        let limits = RateLimits::new(0.0, 1.0);
+        let limits = RateLimits::new(0.0, 1.0, 0.0);
         limits.admit(Action::New, &Who::Unknown).unwrap();
         limits.admit(Action::New, &Who::Unknown).unwrap();
         let e = limits.admit(Action::New, &Who::Unknown).unwrap_err();

@@ -88,6 +88,9 @@ pub fn with_database(admin: &str, name: &str) -> String {
 /// The default config for `dir`: its sled store, or its database.
 pub async fn test_config(dir: &Path) -> Config {
     let mut config = Config::with_data_dir(dir);
+    // Tests read as fast as they can from one address; the read limit has
+    // a test of its own.
+    config.rate_limit_read = 0.0;
     if let Some(url) = pg_url(dir).await {
         config.store = chat::config::Secret(url);
     }
@@ -295,6 +298,8 @@ impl Binary {
             .args(store.unwrap_or_default())
             .args(extra)
             .env("RUST_LOG", "info")
+            // As `test_config`: a flag in `extra` still sets one.
+            .env("CHAT_RATE_LIMIT_READ", "0")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -138,6 +138,9 @@ impl ServerProc {
                 "2000",
             ])
             .args(args)
+            // Scenarios measure throughput, not the per-caller read limit
+            // (a flag in `args` still overrides this).
+            .env("CHAT_RATE_LIMIT_READ", "0")
             .env("RUST_LOG", "warn,chat=info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
