@@ -110,6 +110,9 @@ let inboxCursor = "";
 let inboxTimer = null;
 
 function showStart(error = "", inbox = true) {
+  // Back from a chat: the list shown before it is stale (its unread counts
+  // above all), so it goes until the fresh one is there.
+  if (room) $("inbox").replaceChildren();
   if (room) room.close();
   room = null;
   document.body.dataset.view = "start";
