@@ -355,8 +355,9 @@ async fn http_and_websocket_take_the_token_from_a_header_a_subprotocol_or_the_qu
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_stream_ends_unauthenticated_when_its_token_expires() {
+/// Opens a stream with a token expiring at `exp` (a JSON number) and
+/// returns how it ended, within 10 s.
+async fn stream_end_with_exp(exp: Value) -> tonic::Status {
     let dir = tempfile::tempdir().unwrap();
     let server = jwt_server(dir.path(), |c| c.jwt_leeway = 0).await;
     let mut c = server.client().await;
@@ -366,7 +367,7 @@ async fn an_open_stream_ends_unauthenticated_when_its_token_expires() {
         .unwrap()
         .into_inner()
         .chat_id;
-    let short = token(json!({"sub": "ann", "exp": now() + 2}));
+    let short = token(json!({"sub": "ann", "exp": exp}));
     let (_tx, mut req) = connect_request(&chat, "", None);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {short}").parse().unwrap());
@@ -375,9 +376,15 @@ async fn an_open_stream_ends_unauthenticated_when_its_token_expires() {
         .await
         .expect("the stream ends once the token expires")
         .unwrap_err();
+    server.stop().await;
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_unauthenticated_when_its_token_expires() {
+    let err = stream_end_with_exp(json!(now() + 2)).await;
     assert_error(&err, Code::Unauthenticated, "chat.Auth.InvalidToken");
     assert!(err.message().contains("since-seq"), "{err:?}");
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,26 +554,8 @@ async fn a_token_with_critical_extensions_is_refused() {
 /// stream it opens ends when it expires, as with a whole `exp`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_a_fractional_exp_passes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = jwt_server(dir.path(), |c| c.jwt_leeway = 0).await;
-    let mut c = server.client().await;
-    let chat = c
-        .new_chat(bearer(&user("ann"), pb::NewRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .chat_id;
-    let short = token(json!({"sub": "ann", "exp": now() as f64 + 2.5}));
-    let (_tx, mut req) = connect_request(&chat, "", None);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {short}").parse().unwrap());
-    let mut rx = c.connect(req).await.unwrap().into_inner();
-    let err = tokio::time::timeout(Duration::from_secs(10), rx.message())
-        .await
-        .expect("the stream ends once the token expires")
-        .unwrap_err();
+    let err = stream_end_with_exp(json!(now() as f64 + 2.5)).await;
     assert_error(&err, Code::Unauthenticated, "chat.Auth.InvalidToken");
-    server.stop().await;
 }
 
 /// An `exp` past what the clock can count (2^64-1) used to panic the
