@@ -1,7 +1,8 @@
 //! The inbox and read state: a user's chats, most recently active first,
 //! with unread counts derived from the chat's message count, the user's
 //! read position and the deletions after it (no write per recipient per
-//! message or delete), and read receipts.
+//! message or delete; the order moves once per member per commit group),
+//! and read receipts.
 
 use std::sync::Arc;
 

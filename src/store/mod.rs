@@ -228,9 +228,9 @@ impl Store {
 
     /// Up to `limit` of `user`'s chats, most recently active first, after
     /// the cursor (active µs, chat) of the last one of the previous page.
-    /// Costs a look at each of the user's chats' counters (sled keeps
-    /// them in memory; no write per message per recipient keeps an order
-    /// per user).
+    /// Costs the page, whatever the inbox's size: both stores keep each
+    /// user's chats in this order, moving a chat's entries (one per
+    /// member) once per commit group that makes it active.
     ///
     /// # Errors
     /// When the store cannot be read.

@@ -57,8 +57,20 @@
 //!     ADD reader_only boolean NOT NULL DEFAULT false;  -- in no inbox, no ReadState
 //! ```
 //!
-//! Rows are written per group and per chat, never per recipient: a group
-//! moves each chat's counters once and each sender's read position once;
+//! # Schema (migration 4: an inbox page costs the page)
+//!
+//! ```sql
+//! ALTER TABLE chat_members                 -- the chat's active_us, copied: inbox order
+//!     ADD active_us bigint NOT NULL DEFAULT 0;
+//! CREATE INDEX chat_members_inbox ON chat_members (user_id, active_us, chat_id)
+//!     WHERE NOT reader_only;               -- a ListChats page: one backward index range
+//! ```
+//!
+//! Rows are written per group and per chat, never per recipient but for
+//! the inbox order: a group moves each chat's counters once, each
+//! sender's read position once, and each member's copy of the chat's
+//! `active_us` once (so that a page of a user's inbox is read in order
+//! from an index, not sorted out of all their chats);
 //! an unread count is `chats.n - chat_members.read_n`, less the deleted
 //! messages after `read_seq` (a range of `messages_deleted`, usually
 //! empty: a delete writes no row per recipient either). Edits and deletes
@@ -184,6 +196,15 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         WHERE c.chat_id = chat_members.chat_id AND c.members = '{}'
           AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.chat_id = chat_members.chat_id
                           AND m.user_id = chat_members.user_id AND m.kind = 0);",
+    ),
+    (
+        4,
+        "an inbox page costs the page",
+        "ALTER TABLE chat_members ADD active_us bigint NOT NULL DEFAULT 0;
+    UPDATE chat_members SET active_us = c.active_us FROM chats c
+        WHERE c.chat_id = chat_members.chat_id;
+    CREATE INDEX chat_members_inbox ON chat_members (user_id, active_us, chat_id)
+        WHERE NOT reader_only;",
     ),
 ];
 
@@ -433,8 +454,9 @@ impl PgStore {
         )
         .await?;
         tx.execute(
-            "INSERT INTO chat_members (user_id, chat_id) SELECT unnest($1::text[]), $2",
-            &[&record.members, &id],
+            "INSERT INTO chat_members (user_id, chat_id, active_us)
+             SELECT unnest($1::text[]), $2, $3",
+            &[&record.members, &id, &record.created_us],
         )
         .await?;
         tx.commit().await?;
@@ -519,22 +541,24 @@ impl PgStore {
             insert: client.prepare_cached(&insert_messages()).await?,
             bump: client
                 .prepare_cached(
-                    "UPDATE chats SET last_seq = v.last, n = v.n, active_us = v.at,
-                        last_message = v.last
-                     FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[])
-                        AS v(chat_id, last, n, at)
-                     WHERE chats.chat_id = v.chat_id",
+                    "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[])
+                                  AS v(chat_id, last, n, at)),
+                     counters AS (UPDATE chats SET last_seq = v.last, n = v.n, active_us = v.at,
+                                    last_message = v.last
+                                  FROM v WHERE chats.chat_id = v.chat_id)
+                     UPDATE chat_members m SET active_us = v.at FROM v
+                     WHERE m.chat_id = v.chat_id AND NOT m.reader_only AND m.active_us <> v.at",
                 )
                 .await?,
             read: client
                 .prepare_cached(
-                    "INSERT INTO chat_members (user_id, chat_id, read_seq, read_n)
-                     SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[])
+                    "INSERT INTO chat_members (user_id, chat_id, read_seq, read_n, active_us)
+                     SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[])
                      ON CONFLICT (user_id, chat_id) DO UPDATE
                      SET read_seq = greatest(chat_members.read_seq, EXCLUDED.read_seq),
                          read_n = CASE WHEN chat_members.read_seq < EXCLUDED.read_seq
                                   THEN EXCLUDED.read_n ELSE chat_members.read_n END,
-                         reader_only = false
+                         reader_only = false, active_us = EXCLUDED.active_us
                      WHERE chat_members.read_seq < EXCLUDED.read_seq OR chat_members.reader_only",
                 )
                 .await?,
@@ -689,9 +713,10 @@ impl PgStore {
         )
         .await?;
         tx.execute(
-            "INSERT INTO chat_members (user_id, chat_id) SELECT unnest($1::text[]), $2
+            "INSERT INTO chat_members (user_id, chat_id, active_us)
+             SELECT unnest($1::text[]), $2, $3
              ON CONFLICT DO NOTHING",
-            &[&record.members, &id],
+            &[&record.members, &id, &record.created_us],
         )
         .await?;
         if !record.members.is_empty() {
@@ -760,6 +785,12 @@ impl PgStore {
             )
             .await?
             .get(0);
+        tx.execute(
+            "UPDATE chat_members m SET active_us = c.active_us FROM chats c
+             WHERE c.chat_id = $1 AND m.chat_id = $1 AND m.active_us <> c.active_us",
+            &[&chat],
+        )
+        .await?;
         let wake = bus::encode(std::iter::once((&chat, last as u64)));
         tx.query(
             "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
@@ -894,7 +925,9 @@ impl PgStore {
         )
         .await?;
         tx.execute(
-            "UPDATE chats SET last_seq = $2, active_us = $3 WHERE chat_id = $1",
+            "WITH counters AS (UPDATE chats SET last_seq = $2, active_us = $3 WHERE chat_id = $1)
+             UPDATE chat_members SET active_us = $3
+             WHERE chat_id = $1 AND NOT reader_only AND active_us <> $3",
             &[&chat, &(event.seq as i64), &event.at_us],
         )
         .await?;
@@ -911,9 +944,10 @@ impl PgStore {
         })
     }
 
-    /// `user`'s inbox (see [`super::Store::inbox`]): one index range of
-    /// `chat_members` joined to the chats' counter rows, the page's
-    /// previews from the partial index of shown messages.
+    /// `user`'s inbox (see [`super::Store::inbox`]): one backward range of
+    /// `chat_members_inbox` as long as the page, joined to the chats'
+    /// counter rows, the page's previews from the partial index of shown
+    /// messages.
     pub async fn inbox(
         &self,
         user: &str,
@@ -929,10 +963,10 @@ impl PgStore {
                             AND d.seq > page.read_seq),
                         page.read_seq, page.active_us, page.last_message, {PREVIEW_COLUMNS} FROM (
                    SELECT c.chat_id, c.members, c.last_seq, c.n - m.read_n AS unread, m.read_seq,
-                          c.active_us, c.last_message
+                          m.active_us, c.last_message
                    FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
-                   WHERE m.user_id = $1 AND NOT m.reader_only AND ($2::int8 IS NULL OR (c.active_us, c.chat_id) < ($2, $3))
-                   ORDER BY c.active_us DESC, c.chat_id DESC LIMIT $4
+                   WHERE m.user_id = $1 AND NOT m.reader_only AND (m.active_us, m.chat_id) < ($2, $3)
+                   ORDER BY m.active_us DESC, m.chat_id DESC LIMIT $4
                  ) page
                  LEFT JOIN LATERAL (
                    SELECT {MESSAGE_COLUMNS} FROM messages
@@ -943,7 +977,8 @@ impl PgStore {
                  ORDER BY page.active_us DESC, page.chat_id DESC"
             ))
             .await?;
-        let (at, chat) = after.map_or((None, Uuid::nil()), |(a, c)| (Some(a), c));
+        // No cursor: after the last possible key.
+        let (at, chat) = after.unwrap_or((i64::MAX, Uuid::max()));
         let rows = client
             .query(&stmt, &[&user, &at, &chat, &(limit as i64)])
             .await?;
@@ -971,9 +1006,11 @@ impl PgStore {
                  mark AS (SELECT c.seq, coalesce((SELECT n FROM messages
                             WHERE chat_id = $2 AND seq <= c.seq ORDER BY seq DESC LIMIT 1), 0) AS n
                           FROM c),
-                 up AS (INSERT INTO chat_members (user_id, chat_id, read_seq, read_n, reader_only)
+                 up AS (INSERT INTO chat_members (user_id, chat_id, read_seq, read_n, reader_only,
+                                                  active_us)
                         SELECT $1, $2, seq, n,
-                               (SELECT members = '{}' FROM chats WHERE chat_id = $2) FROM mark
+                               (SELECT members = '{}' FROM chats WHERE chat_id = $2),
+                               (SELECT active_us FROM chats WHERE chat_id = $2) FROM mark
                         ON CONFLICT (user_id, chat_id) DO UPDATE
                         SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
                         WHERE chat_members.read_seq < EXCLUDED.read_seq
@@ -1193,18 +1230,22 @@ async fn append_group(
         bumped.2.push(last[c].1);
         bumped.3.push(active[c]);
     }
-    let mut marks = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut marks = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((chat, user), (seq, n)) in read {
         marks.0.push(user);
         marks.1.push(chat);
         marks.2.push(seq);
         marks.3.push(n);
+        marks.4.push(active[&chat]);
     }
     let wake = bus::encode(bumped.0.iter().zip(bumped.1.iter().map(|&s| s as u64)));
     try_join5(
         client.execute(&st.insert, &rows.params()),
         client.execute(&st.bump, &[&bumped.0, &bumped.1, &bumped.2, &bumped.3]),
-        client.execute(&st.read, &[&marks.0, &marks.1, &marks.2, &marks.3]),
+        client.execute(
+            &st.read,
+            &[&marks.0, &marks.1, &marks.2, &marks.3, &marks.4],
+        ),
         // Delivered to listeners only if and when this commits.
         client.query(&st.notify, &[&bus::CHANNEL, &wake]),
         client.batch_execute("COMMIT"),

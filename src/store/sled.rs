@@ -3,8 +3,8 @@
 //! # Key layout
 //!
 //! Everything lives in sled's default tree but the inbox keys (`I`, `P`,
-//! `A`), which have a tree of their own, `inbox` (one log and one flush
-//! for both). The first byte of a key says what
+//! `A`, `O`), which have a tree of their own, `inbox` (one log and one
+//! flush for both). The first byte of a key says what
 //! it is; integers are big-endian so that byte order is numeric order.
 //!
 //! | key | value | why this order |
@@ -16,7 +16,8 @@
 //! | `I` user_len(2) user chat(16) | [`ReadValue`] | the inbox: one user's chats are one range (members from New, open-chat posters from their first Send), with the user's read position; written per commit group, not per message |
 //! | `P` chat(16) user | empty | who has posted to an open chat (ReadState lists their read positions) |
 //! | `A` chat(16) | [`ActivityValue`] | the chat's counters for the inbox: last seq, message count, last activity; one write per chat per commit group, so unread counts cost no write per recipient |
-//! | `V` | layout version (u32) | 2: the `I`, `P` and `A` keys exist for every chat; 3: and the `X` keys for every deleted message (each written from the rest on first open) |
+//! | `O` user_len(2) user active(8) chat(16) | empty | the inbox in its order, newest last: a ListChats page is one reverse range scan as long as the page, whatever the inbox's size. `active` is the chat's `A` active_us (sign bit flipped, so that byte order is numeric order); a chat's keys move (one per member, or per poster of an open chat) when its activity does, once per commit group |
+//! | `V` | layout version (u32) | 2: the `I`, `P` and `A` keys exist for every chat; 3: and the `X` keys for every deleted message; 4: and the `O` keys of every inbox entry (each written from the rest on first open) |
 //! | `Q` chat(16) seq(8) at(8) | [`MessageValue`] | an edit's or delete's rewrite of the entry at `seq`, by the change at seq `at`, until that change is durable (see below) |
 //! | `X` chat(16) seq(8) | empty | a deleted message, once its delete is durable (written with the rewrite that clears it): unread counts leave out the deleted messages after a read position by counting a range of these, with no write per recipient |
 //! | `H` | 66 KiB of zeros, removed at once | the write probe of readiness after a failed write ([`SledStore::ping`]); no other key starts with `H` |
@@ -81,13 +82,14 @@ const GONE: u8 = b'X';
 const INBOX: u8 = b'I';
 const POSTER: u8 = b'P';
 const ACTIVITY: u8 = b'A';
+const ORDER: u8 = b'O';
 const VERSION: &[u8] = b"V";
 /// Chats whose counters are kept in memory (about 100 bytes each).
 const COUNTERS_CACHED: usize = 1 << 17;
 /// The tree of the `I`, `P` and `A` keys.
 const INBOX_TREE: &str = "inbox";
 /// The key layout this code writes (see the module docs).
-const LAYOUT: u32 = 3;
+const LAYOUT: u32 = 4;
 /// How far back an inbox preview looks for a message that is not deleted.
 const PREVIEW_LOOKBACK: u64 = 64;
 const PROBE: &[u8] = b"H";
@@ -284,6 +286,10 @@ pub struct SledStore {
     seqs: Arc<Mutex<Seqs>>,
     /// Serializes New for member sets, so that one set gets one chat.
     new_lock: Arc<Mutex<()>>,
+    /// Held to write while a chat's `O` keys move (new keys, its `A` key,
+    /// old keys removed) and to read while an inbox page is read, so that
+    /// a page never sees a chat at both places or at neither.
+    order_lock: Arc<std::sync::RwLock<()>>,
     /// A write or flush failed (a full disk, say) and no probe has
     /// succeeded since: readiness is off until one does.
     failing: Arc<std::sync::atomic::AtomicBool>,
@@ -332,6 +338,7 @@ impl SledStore {
                 sweep_at: SWEEP_AT,
             })),
             new_lock: Arc::new(Mutex::new(())),
+            order_lock: Arc::default(),
             failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dir: Arc::new(dir.to_owned()),
             stuck: Arc::new(std::sync::atomic::AtomicU32::new(0)),
@@ -462,6 +469,7 @@ impl SledStore {
         let mut inbox = sled::Batch::default();
         for user in &record.members {
             inbox.insert(inbox_key(user, chat), ReadValue::default().encode_to_vec());
+            inbox.insert(order_key(user, record.created_us, chat), &[][..]);
         }
         let activity = ActivityValue {
             active_us: record.created_us,
@@ -760,6 +768,7 @@ impl SledStore {
         // and it keeps the last one written in memory. A group may hold
         // lower seqs than the one before (a sender staged before another
         // but queued after it): counters only move forward.
+        let order = self.order_lock.write().unwrap_or_else(|e| e.into_inner());
         for (chat, a) in activity {
             let state = self.chat_seqs(&chat)?;
             let mut seqs = lock(&state);
@@ -769,17 +778,18 @@ impl SledStore {
             }
             now.last_message = now.last_message.max(a.last_message);
             if now != seqs.counters {
-                self.inbox
-                    .insert(activity_key(&chat), now.encode_to_vec())?;
-                self.remember(&chat, &now);
+                self.set_counters(&chat, &seqs.counters, &now, false)?;
                 seqs.counters = now;
             }
         }
+        drop(order);
         for ((chat, user), mark) in read {
             let before = self.raise_read(user, &chat, mark, Raise::Post)?;
             if before.is_none_or(|b| b.reader_only) {
                 // A first post: to an open chat (members have theirs from New).
                 self.inbox.insert(poster_key(&chat, user), &[][..])?;
+                let active = self.counters(&chat)?.active_us;
+                self.inbox.insert(order_key(user, active, &chat), &[][..])?;
             }
         }
         self.flush().await?;
@@ -1071,23 +1081,72 @@ impl SledStore {
         Ok(out)
     }
 
+    /// The chat's counters as its `A` key holds them.
+    fn counters(&self, chat: &Uuid) -> Result<ActivityValue> {
+        if let Some(a) = lock(&self.counters).get(chat).cloned() {
+            return Ok(a);
+        }
+        let key = activity_key(chat);
+        let a = self
+            .inbox
+            .get(key)?
+            .map(|v| decode::<ActivityValue>(&key, &v))
+            .transpose()?
+            .unwrap_or_default();
+        self.remember(chat, &a);
+        Ok(a)
+    }
+
+    /// Writes a chat's `A` key (`was` is what it held), moving its `O`
+    /// keys if its activity moved (or writing them all, with `every_key`).
+    /// New keys first, then the `A` key, then the old keys go: sled
+    /// recovers a prefix of its writes, so a crash leaves at worst a key
+    /// that does not match the `A` key, which the inbox skips. The caller
+    /// holds `order_lock` to write, taken before any chat's seq lock (as
+    /// the inbox takes it to read).
+    fn set_counters(
+        &self,
+        chat: &Uuid,
+        was: &ActivityValue,
+        now: &ActivityValue,
+        every_key: bool,
+    ) -> Result<()> {
+        let moved = now.active_us != was.active_us;
+        let listers = match moved || every_key {
+            true => self.listers(chat)?,
+            false => Vec::new(),
+        };
+        for user in &listers {
+            self.inbox
+                .insert(order_key(user, now.active_us, chat), &[][..])?;
+        }
+        self.inbox.insert(activity_key(chat), now.encode_to_vec())?;
+        self.remember(chat, now);
+        if moved {
+            for user in &listers {
+                self.inbox.remove(order_key(user, was.active_us, chat))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whose inbox holds the chat: its members, or an open chat's posters.
+    fn listers(&self, chat: &Uuid) -> Result<Vec<String>> {
+        let members = self.chat(chat)?.map(|c| c.members).unwrap_or_default();
+        if !members.is_empty() {
+            return Ok(members);
+        }
+        let mut posters = Vec::new();
+        for entry in self.inbox.scan_prefix(poster_prefix(chat)) {
+            let (key, _) = entry?;
+            posters.push(String::from_utf8_lossy(&key[17..]).into_owned());
+        }
+        Ok(posters)
+    }
+
     /// The chat's counters as far as they are durable.
     fn activity(&self, chat: &Uuid) -> Result<ActivityValue> {
-        let cached = lock(&self.counters).get(chat).cloned();
-        let mut a = match cached {
-            Some(a) => a,
-            None => {
-                let key = activity_key(chat);
-                let a = self
-                    .inbox
-                    .get(key)?
-                    .map(|v| decode::<ActivityValue>(&key, &v))
-                    .transpose()?
-                    .unwrap_or_default();
-                self.remember(chat, &a);
-                a
-            }
-        };
+        let mut a = self.counters(chat)?;
         // Written just before the flush that makes its group durable: while
         // that flush runs, count only what is durable. (A chat with writes
         // in flight has its seqs in memory; any other's counters are durable.)
@@ -1116,54 +1175,54 @@ impl SledStore {
         counters.insert(*chat, a.clone());
     }
 
-    /// `user`'s inbox (see [`super::Store::inbox`]).
+    /// `user`'s inbox (see [`super::Store::inbox`]): a reverse scan of
+    /// the user's `O` keys from the cursor, as long as the page.
     pub fn inbox(
         &self,
         user: &str,
         after: Option<(i64, Uuid)>,
         limit: usize,
     ) -> Result<Vec<InboxEntry>> {
-        let prefix = inbox_prefix(user);
-        let mut all = Vec::new();
-        for entry in self.inbox.scan_prefix(&prefix) {
-            let (key, value) = entry?;
-            let Ok(chat) = Uuid::from_slice(&key[prefix.len()..]) else {
+        let _order = self.order_lock.read().unwrap_or_else(|e| e.into_inner());
+        let prefix = order_prefix(user);
+        let end = match after {
+            Some((active, chat)) => order_key(user, active, &chat),
+            None => [&prefix[..], &[0xff; 25]].concat(),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in self.inbox.range(prefix.clone()..end).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some((active, chat)) = parse_order_key(&key[prefix.len()..]) else {
                 continue;
             };
-            let read = decode::<ReadValue>(&key, &value)?;
+            if self.counters(&chat)?.active_us != active {
+                continue; // left by a crash while the chat's keys moved
+            }
+            let key = inbox_key(user, &chat);
+            let Some(read) = self.inbox.get(&key)? else {
+                continue;
+            };
+            let read = decode::<ReadValue>(&key, &read)?;
             if read.reader_only {
                 continue; // an open chat they have only read
             }
-            let a = self.activity(&chat)?;
-            if after.is_some_and(|cursor| (a.active_us, chat) >= cursor) {
-                continue;
-            }
-            all.push((a, chat, read));
-        }
-        let newest_first = |x: &(ActivityValue, Uuid, ReadValue),
-                            y: &(ActivityValue, Uuid, ReadValue)| {
-            (y.0.active_us, y.1).cmp(&(x.0.active_us, x.1))
-        };
-        if all.len() > limit {
-            all.select_nth_unstable_by(limit, newest_first);
-            all.truncate(limit);
-        }
-        all.sort_unstable_by(newest_first);
-        let mut out = Vec::with_capacity(all.len());
-        for (a, chat, read) in all {
             // Entries of a chat whose creation a crash cut short.
             let Some(record) = self.chat(&chat)? else {
                 continue;
             };
-            let members = record.members;
+            let a = self.activity(&chat)?;
             out.push(InboxEntry {
                 chat,
-                members,
+                members: record.members,
                 last_message: self.preview(&chat, a.last_message)?,
                 last_seq: a.last_seq,
                 unread: self.unread(&chat, a.n, &read)?,
                 read_seq: read.seq,
-                active_us: a.active_us,
+                // The key's: the page's order and its cursor.
+                active_us: active,
             });
         }
         Ok(out)
@@ -1208,13 +1267,38 @@ impl SledStore {
         if version.is_none_or(|v| v < 2) {
             self.upgrade_to_2()?;
         }
-        // Layout 3: the `X` keys of the messages deleted before they existed.
-        for entry in self.db.scan_prefix([MESSAGE]) {
-            let (key, value) = entry?;
-            if key.len() == 25 && is_deleted_message(&value) {
-                let chat = Uuid::from_slice(&key[1..17]).unwrap_or_default();
-                self.db.insert(gone_key(&chat, seq_of_key(&key)), &[][..])?;
+        if version.is_none_or(|v| v < 3) {
+            // The `X` keys of the messages deleted before they existed.
+            for entry in self.db.scan_prefix([MESSAGE]) {
+                let (key, value) = entry?;
+                if key.len() == 25 && is_deleted_message(&value) {
+                    let chat = Uuid::from_slice(&key[1..17]).unwrap_or_default();
+                    self.db.insert(gone_key(&chat, seq_of_key(&key)), &[][..])?;
+                }
             }
+        }
+        // Layout 4: the `O` keys of every inbox entry.
+        for entry in self.inbox.scan_prefix([INBOX]) {
+            let (key, value) = entry?;
+            let Some(user_len) = key
+                .get(1..3)
+                .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+            else {
+                continue;
+            };
+            let (Some(user), Ok(chat)) = (
+                key.get(3..3 + user_len),
+                Uuid::from_slice(key.get(3 + user_len..).unwrap_or_default()),
+            ) else {
+                continue;
+            };
+            if decode::<ReadValue>(&key, &value)?.reader_only {
+                continue;
+            }
+            let user = String::from_utf8_lossy(user);
+            let active = self.counters(&chat)?.active_us;
+            self.inbox
+                .insert(order_key(&user, active, &chat), &[][..])?;
         }
         self.db
             .insert(VERSION, &u64::from(LAYOUT).to_be_bytes()[..])?;
@@ -1371,8 +1455,9 @@ impl SledStore {
                     active_us: newest.at_us,
                     last_message: last,
                 };
-                self.inbox.insert(activity_key(&chat), a.encode_to_vec())?;
-                lock(&self.counters).remove(&chat);
+                // Posters added above have no `O` key yet: all written.
+                let _order = self.order_lock.write().unwrap_or_else(|e| e.into_inner());
+                self.set_counters(&chat, &self.counters(&chat)?, &a, true)?;
             }
         }
         Ok(())
@@ -1428,6 +1513,27 @@ fn inbox_key(user: &str, chat: &Uuid) -> Vec<u8> {
     let mut key = inbox_prefix(user);
     key.extend_from_slice(chat.as_bytes());
     key
+}
+
+/// The prefix of a user's `O` keys.
+fn order_prefix(user: &str) -> Vec<u8> {
+    let mut key = inbox_prefix(user);
+    key[0] = ORDER;
+    key
+}
+
+/// A user's `O` key of a chat active at `active` µs.
+fn order_key(user: &str, active: i64, chat: &Uuid) -> Vec<u8> {
+    let mut key = order_prefix(user);
+    key.extend_from_slice(&((active as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(chat.as_bytes());
+    key
+}
+
+/// The (active, chat) of an `O` key's part after the user's prefix.
+fn parse_order_key(rest: &[u8]) -> Option<(i64, Uuid)> {
+    let active = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?) ^ (1 << 63);
+    Some((active as i64, Uuid::from_slice(rest.get(8..)?).ok()?))
 }
 
 fn poster_prefix(chat: &Uuid) -> [u8; 17] {

@@ -10,7 +10,7 @@
 //! Scenario 9 ([`postgres`]) measures the PostgreSQL store on a throwaway
 //! cluster it starts with `scripts/pg-cluster`; scenario 10 ([`abuse`])
 //! what hostile clients can make the server hold; scenario 12 ([`inbox`])
-//! the inbox of a user in 10,000 chats.
+//! a ListChats page of a user in 1,000 to 100,000 chats.
 
 mod abuse;
 mod inbox;
@@ -265,6 +265,12 @@ struct Bench {
 }
 
 impl Bench {
+    /// 12: see [`inbox`].
+    async fn scenario12(&mut self) -> Result<(), BoxError> {
+        let clients: Vec<Client> = (0..self.channels.len()).map(|w| self.client(w)).collect();
+        inbox::inbox_rows(&mut self.report, 12, "sled", &clients, self.secs).await
+    }
+
     fn client(&self, w: usize) -> Client {
         pb::chat_client::ChatClient::new(self.channels[w % self.channels.len()].clone())
     }

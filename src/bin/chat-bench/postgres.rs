@@ -7,7 +7,8 @@
 //! message, one message per transaction, 64 connections. Batching is what
 //! makes a database fast, so the Send figures are compared with it (target:
 //! ≥ 8× at concurrency 64 in one chat); the 32-messages-per-transaction
-//! figures show what batching alone buys.
+//! figures show what batching alone buys. The inbox rows are scenario
+//! 12's ([`super::inbox`]) on one replica.
 
 use super::*;
 
@@ -232,6 +233,12 @@ pub async fn scenario9(
         }
         if replicas == 3 {
             fan_out(report, &servers, secs).await?;
+        } else {
+            let clients: Vec<Client> = channels
+                .iter()
+                .map(|c| pb::chat_client::ChatClient::new(c.clone()))
+                .collect();
+            super::inbox::inbox_rows(report, 9, "PostgreSQL", &clients, secs).await?;
         }
         for s in servers {
             s.stop().await;
