@@ -56,6 +56,7 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
 }
 
+use crate::store::Backend as _;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};

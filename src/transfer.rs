@@ -11,6 +11,7 @@
 //! Import leaves what is already stored as it is, so running it twice
 //! changes nothing the second time.
 
+use crate::store::Backend as _;
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};

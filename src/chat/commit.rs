@@ -1,6 +1,7 @@
 //! Group commit: senders queue what they staged; one task hands everything
 //! queued to the store at once, then publishes and answers in queue order.
 
+use crate::store::Backend as _;
 use std::{sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot};

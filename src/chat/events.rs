@@ -3,6 +3,7 @@
 //! idempotent on client_id, durable before acknowledged, and replayed
 //! exactly once, in order, to a stream that resumes with since-seq.
 
+use crate::store::Backend as _;
 use uuid::Uuid;
 
 use super::{

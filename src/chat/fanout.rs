@@ -2,6 +2,7 @@
 //! subscriptions that read them, and the follower that brings in what other
 //! replicas commit.
 
+use crate::store::Backend as _;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},

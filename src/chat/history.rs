@@ -2,6 +2,7 @@
 //! the memory budget until it has been sent.
 
 use super::{acting_for, invalid, Caller, Chats};
+use crate::store::Backend as _;
 use crate::{
     chat::budget::Lease,
     error::Result,

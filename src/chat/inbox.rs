@@ -4,6 +4,7 @@
 //! message or delete; the order moves once per member per commit group),
 //! and read receipts.
 
+use crate::store::Backend as _;
 use std::sync::Arc;
 
 use uuid::Uuid;

@@ -22,6 +22,7 @@
 //! 5. Readers (History, [`Subscription`]) only see what the store reports
 //!    durable, so nothing a crash could lose is shown to anyone.
 
+use crate::store::Backend as _;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

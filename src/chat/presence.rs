@@ -12,6 +12,7 @@
 //!
 //! Typing is a signal at most once per user and chat every [`TYPING_EVERY`].
 
+use crate::store::Backend as _;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

@@ -1,5 +1,6 @@
-//! The storage boundary: one [`Store`] with a backend behind it, so that the
-//! chat logic never knows which one it has. Plain Rust; knows nothing of gRPC.
+//! The storage boundary: the [`Backend`] contract, and one [`Store`] with a
+//! backend behind it, so that the chat logic never knows which one it has.
+//! Plain Rust; knows nothing of gRPC.
 //!
 //! - [`sled`](mod@sled): the embedded default, one process per directory.
 //! - [`postgres`]: any number of replicas sharing one PostgreSQL database.
@@ -9,13 +10,13 @@
 //! and seq allocation. What every backend guarantees:
 //! - a chat's seqs are 1, 2, 3, … with no gap, each message stored once per
 //!   (chat, user, client_id);
-//! - [`Store::commit`] returns only once what it reports stored is durable;
+//! - [`Backend::commit`] returns only once what it reports stored is durable;
 //! - reads return only durable messages, and a read that returns seq N
 //!   could also return every seq below N (no gap that later heals).
 //!
 //! Writes go in two steps so that each backend can batch the way it is fast:
-//! [`Store::stage`] in the sender's task (sled writes the message there; the
-//! database backend defers everything), then [`Store::commit`] for a whole
+//! [`Backend::stage`] in the sender's task (sled writes the message there; the
+//! database backend defers everything), then [`Backend::commit`] for a whole
 //! group (one sled flush; one PostgreSQL transaction).
 
 pub mod bus;
@@ -23,7 +24,10 @@ pub mod pgconn;
 pub mod postgres;
 pub mod sled;
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    future::Future,
+    sync::{Mutex, MutexGuard},
+};
 
 use uuid::Uuid;
 
@@ -65,7 +69,7 @@ pub struct Page {
     pub has_more: bool,
 }
 
-/// A message between [`Store::stage`] and [`Store::commit`].
+/// A message between [`Backend::stage`] and [`Backend::commit`].
 #[derive(Debug)]
 pub enum Staged {
     /// Written under its seq, not yet durable (sled).
@@ -88,7 +92,7 @@ pub enum Staged {
     Refused(Refusal),
 }
 
-/// What [`Store::commit`] made of a group: the outcomes of the messages it
+/// What [`Backend::commit`] made of a group: the outcomes of the messages it
 /// made durable, in order (a prefix of the group), and, if it stopped before
 /// the end, why: the rest may be retried.
 pub struct Committed {
@@ -96,122 +100,78 @@ pub struct Committed {
     pub failed: Option<StoreError>,
 }
 
-/// The store, whichever backend. Cloning is cheap: every backend is a
-/// handle around shared state.
-#[derive(Clone)]
-pub enum Store {
-    Sled(sled::SledStore),
-    Postgres(postgres::PgStore),
-}
-
-impl Store {
+/// The store contract: what every backend does and guarantees (see the
+/// module docs), async where either backend needs it. Each backend
+/// implements it, [`Store`] dispatches to the one configured, and
+/// `tests/store_contract.rs` runs one suite against both.
+///
+/// [`Backend::commit`] is called by one task at a time (the chat logic's
+/// committer); everything else may be called from any number of tasks.
+pub trait Backend: Clone + Send + Sync + 'static {
     /// The chat, if it exists.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn chat(&self, chat: &Uuid) -> Result<Option<ChatRecord>> {
-        match self {
-            Store::Sled(s) => s.chat(chat),
-            Store::Postgres(p) => p.chat(chat).await,
-        }
-    }
+    fn chat(&self, chat: &Uuid) -> impl Future<Output = Result<Option<ChatRecord>>> + Send;
 
     /// The chat of `record.members`: `id` is used if the set has no chat yet
     /// (always, for an open chat with no members). Durable once a
-    /// [`Store::commit`] that starts after it returns.
+    /// [`Backend::commit`] that starts after it returns.
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub async fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
-        match self {
-            Store::Sled(s) => s.create_chat(id, record).inspect_err(|_| s.write_failed()),
-            Store::Postgres(p) => p.create_chat(id, record).await,
-        }
-    }
+    fn create_chat(
+        &self,
+        id: Uuid,
+        record: &ChatRecord,
+    ) -> impl Future<Output = Result<Uuid>> + Send;
 
     /// First step of an append, in the sender's task (see the module docs).
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub fn stage(&self, append: Append) -> Result<Staged> {
-        match self {
-            Store::Sled(s) => s.stage(append).inspect_err(|_| s.write_failed()),
-            Store::Postgres(_) => Ok(Staged::Deferred(append)),
-        }
-    }
+    fn stage(&self, append: Append) -> Result<Staged>;
 
     /// Makes a group of staged messages durable, and everything staged or
     /// created before it started; one outcome per durable message, in
     /// order. What it could not make durable (see [`Committed::failed`])
     /// may be retried, with its client_id so that nothing is stored twice.
-    pub async fn commit(&self, batch: Vec<Staged>) -> Committed {
-        match self {
-            Store::Sled(s) => match s.commit(batch).await {
-                Ok(outcomes) => Committed {
-                    outcomes,
-                    failed: None,
-                },
-                Err(e) => {
-                    s.write_failed();
-                    Committed {
-                        outcomes: Vec::new(),
-                        failed: Some(e),
-                    }
-                }
-            },
-            Store::Postgres(p) => p.commit(batch).await,
-        }
-    }
+    fn commit(&self, batch: Vec<Staged>) -> impl Future<Output = Committed> + Send;
 
     /// The chat's highest durable seq (0 for none or an unknown chat).
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn last_seq(&self, chat: &Uuid) -> Result<u64> {
-        match self {
-            Store::Sled(s) => s.last_seq(chat),
-            Store::Postgres(p) => p.last_seq(chat).await,
-        }
-    }
+    fn last_seq(&self, chat: &Uuid) -> impl Future<Output = Result<u64>> + Send;
 
     /// The highest durable seq of each of `chats` that exists.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn last_seqs(&self, chats: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
-        match self {
-            Store::Sled(s) => chats.iter().map(|c| Ok((*c, s.last_seq(c)?))).collect(),
-            Store::Postgres(p) => p.last_seqs(chats).await,
-        }
-    }
+    fn last_seqs(&self, chats: &[Uuid]) -> impl Future<Output = Result<Vec<(Uuid, u64)>>> + Send;
 
     /// Durable messages with `first <= seq <= last`, oldest first, at most
     /// `limit` and (but for the first) `max_bytes` of [`Message::weight`].
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn read(
+    fn read(
         &self,
         chat: &Uuid,
         first: u64,
         last: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Message>> {
-        match self {
-            Store::Sled(s) => s.read(chat, first, last, limit, max_bytes),
-            Store::Postgres(p) => p.read(chat, first, last, limit, max_bytes).await,
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<Message>>> + Send;
 
     /// One History page of at most `limit` entries that `view` shows and
-    /// `max_bytes` (as [`Store::read`]): with `after`, the first ones after
+    /// `max_bytes` (as [`Backend::read`]): with `after`, the first ones after
     /// it; else the newest ones, before `before` if set. Oldest first
     /// either way.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn page(
+    fn page(
         &self,
         chat: &Uuid,
         before: Option<u64>,
@@ -219,12 +179,7 @@ impl Store {
         limit: usize,
         max_bytes: usize,
         view: View,
-    ) -> Result<Page> {
-        match self {
-            Store::Sled(s) => s.page(chat, before, after, limit, max_bytes, view),
-            Store::Postgres(p) => p.page(chat, before, after, limit, max_bytes, view).await,
-        }
-    }
+    ) -> impl Future<Output = Result<Page>> + Send;
 
     /// Up to `limit` of `user`'s chats, most recently active first, after
     /// the cursor (active µs, chat) of the last one of the previous page.
@@ -234,17 +189,12 @@ impl Store {
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn inbox(
+    fn inbox(
         &self,
         user: &str,
         after: Option<(i64, Uuid)>,
         limit: usize,
-    ) -> Result<Vec<InboxEntry>> {
-        match self {
-            Store::Sled(s) => s.inbox(user, after, limit),
-            Store::Postgres(p) => p.inbox(user, after, limit).await,
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<InboxEntry>>> + Send;
 
     /// Moves `user`'s read position in `chat` forward to `seq`, capped to
     /// the chat's last durable seq (see [`Marked`]). Durable when it
@@ -252,128 +202,206 @@ impl Store {
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
-        match self {
-            Store::Sled(s) => s
-                .mark_read(user, chat, seq)
-                .inspect_err(|_| s.write_failed()),
-            Store::Postgres(p) => p.mark_read(user, chat, seq).await,
-        }
-    }
+    fn mark_read(
+        &self,
+        user: &str,
+        chat: &Uuid,
+        seq: u64,
+    ) -> impl Future<Output = Result<Marked>> + Send;
 
     /// The read positions of `users` in `chat` (of its posters if none
     /// are given), at most `limit`.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn read_marks(
+    fn read_marks(
         &self,
         chat: &Uuid,
         users: &[String],
         limit: usize,
-    ) -> Result<Vec<(String, ReadMark)>> {
-        match self {
-            Store::Sled(s) => s.read_marks(chat, users, limit),
-            Store::Postgres(p) => p.read_marks(chat, users, limit).await,
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<(String, ReadMark)>>> + Send;
 
     /// Up to `limit` chats with ids after `after`, in id order (export).
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn chats_after(
+    fn chats_after(
         &self,
         after: Option<Uuid>,
         limit: usize,
-    ) -> Result<Vec<(Uuid, ChatRecord)>> {
-        match self {
-            Store::Sled(s) => s.chats_after(after, limit),
-            Store::Postgres(p) => p.chats_after(after, limit).await,
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<(Uuid, ChatRecord)>>> + Send;
 
     /// Stores a chat under its own id unless it exists (import).
     ///
     /// # Errors
     /// When its member set already belongs to another chat, or the store fails.
-    pub async fn import_chat(&self, id: Uuid, record: &ChatRecord) -> Result<()> {
-        match self {
-            Store::Sled(s) => s.import_chat(id, record),
-            Store::Postgres(p) => p.import_chat(id, record).await,
-        }
-    }
+    fn import_chat(&self, id: Uuid, record: &ChatRecord)
+        -> impl Future<Output = Result<()>> + Send;
 
     /// Stores messages of one chat under their own seqs, each unless that
     /// seq is taken (import); the chat's seq continues after the highest.
     ///
     /// # Errors
     /// When the store fails.
-    pub async fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
-        match self {
-            Store::Sled(s) => s.import_messages(messages),
-            Store::Postgres(p) => p.import_messages(messages).await,
-        }
-    }
+    fn import_messages(&self, messages: Vec<Message>) -> impl Future<Output = Result<()>> + Send;
 
-    /// Tells the other replicas of a live signal (nothing to do on sled:
-    /// one process).
+    /// Tells the other replicas of a live signal (nothing to do with one
+    /// process).
     ///
     /// # Errors
     /// When the database cannot be reached.
-    pub async fn notify(&self, signal: &Message) -> Result<()> {
-        match self {
-            Store::Sled(_) => Ok(()),
-            Store::Postgres(p) => p.notify(signal).await,
-        }
-    }
+    fn notify(&self, signal: &Message) -> impl Future<Output = Result<()>> + Send;
 
     /// Tells the other replicas who is present on this one.
     ///
     /// # Errors
     /// When the database cannot be reached.
-    pub async fn heartbeat(&self, present: &[(Uuid, String)]) -> Result<()> {
-        match self {
-            Store::Sled(_) => Ok(()),
-            Store::Postgres(p) => p.heartbeat(present).await,
-        }
-    }
+    fn heartbeat(&self, present: &[(Uuid, String)]) -> impl Future<Output = Result<()>> + Send;
 
-    /// This replica's id on the bus (0 on sled).
-    pub fn replica(&self) -> u64 {
-        match self {
-            Store::Sled(_) => 0,
-            Store::Postgres(p) => p.replica(),
-        }
-    }
+    /// This replica's id on the bus (0 with one process).
+    fn replica(&self) -> u64;
 
     /// Makes everything written so far durable (at shutdown).
     ///
     /// # Errors
     /// When the last flush fails.
-    pub async fn flush(&self) -> Result<()> {
-        match self {
-            Store::Sled(s) => s.flush().await,
-            // Every transaction was durable when it committed.
-            Store::Postgres(_) => Ok(()),
-        }
-    }
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// Whether the store can serve right now (readiness).
     /// Why the store cannot recover without a restart, if so (see
     /// [`sled::SledStore::broken`]); PostgreSQL reconnects by itself.
-    pub fn broken(&self) -> Option<String> {
-        match self {
-            Store::Sled(s) => s.broken(),
-            Store::Postgres(_) => None,
+    fn broken(&self) -> Option<String>;
+
+    /// Whether the store can serve right now (readiness).
+    fn ping(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// The store, whichever backend: an enum over the [`Backend`]s, so that
+/// dispatch is a match, not a virtual call. Cloning is cheap: every
+/// backend is a handle around shared state.
+#[derive(Clone)]
+pub enum Store {
+    Sled(sled::SledStore),
+    Postgres(postgres::PgStore),
+}
+
+/// `$call` on whichever backend `$store` holds, as `$b`.
+macro_rules! dispatch {
+    ($store:expr, $b:ident => $call:expr) => {
+        match $store {
+            Store::Sled($b) => $call,
+            Store::Postgres($b) => $call,
         }
+    };
+}
+
+impl Backend for Store {
+    async fn chat(&self, chat: &Uuid) -> Result<Option<ChatRecord>> {
+        dispatch!(self, b => Backend::chat(b, chat).await)
     }
 
-    pub async fn ping(&self) -> bool {
-        match self {
-            Store::Sled(s) => s.ping().await,
-            Store::Postgres(p) => p.ping().await,
-        }
+    async fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
+        dispatch!(self, b => Backend::create_chat(b, id, record).await)
+    }
+
+    fn stage(&self, append: Append) -> Result<Staged> {
+        dispatch!(self, b => Backend::stage(b, append))
+    }
+
+    async fn commit(&self, batch: Vec<Staged>) -> Committed {
+        dispatch!(self, b => Backend::commit(b, batch).await)
+    }
+
+    async fn last_seq(&self, chat: &Uuid) -> Result<u64> {
+        dispatch!(self, b => Backend::last_seq(b, chat).await)
+    }
+
+    async fn last_seqs(&self, chats: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+        dispatch!(self, b => Backend::last_seqs(b, chats).await)
+    }
+
+    async fn read(
+        &self,
+        chat: &Uuid,
+        first: u64,
+        last: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>> {
+        dispatch!(self, b => Backend::read(b, chat, first, last, limit, max_bytes).await)
+    }
+
+    async fn page(
+        &self,
+        chat: &Uuid,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+        view: View,
+    ) -> Result<Page> {
+        dispatch!(self, b => Backend::page(b, chat, before, after, limit, max_bytes, view).await)
+    }
+
+    async fn inbox(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        dispatch!(self, b => Backend::inbox(b, user, after, limit).await)
+    }
+
+    async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
+        dispatch!(self, b => Backend::mark_read(b, user, chat, seq).await)
+    }
+
+    async fn read_marks(
+        &self,
+        chat: &Uuid,
+        users: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, ReadMark)>> {
+        dispatch!(self, b => Backend::read_marks(b, chat, users, limit).await)
+    }
+
+    async fn chats_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, ChatRecord)>> {
+        dispatch!(self, b => Backend::chats_after(b, after, limit).await)
+    }
+
+    async fn import_chat(&self, id: Uuid, record: &ChatRecord) -> Result<()> {
+        dispatch!(self, b => Backend::import_chat(b, id, record).await)
+    }
+
+    async fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
+        dispatch!(self, b => Backend::import_messages(b, messages).await)
+    }
+
+    async fn notify(&self, signal: &Message) -> Result<()> {
+        dispatch!(self, b => Backend::notify(b, signal).await)
+    }
+
+    async fn heartbeat(&self, present: &[(Uuid, String)]) -> Result<()> {
+        dispatch!(self, b => Backend::heartbeat(b, present).await)
+    }
+
+    fn replica(&self) -> u64 {
+        dispatch!(self, b => Backend::replica(b))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        dispatch!(self, b => Backend::flush(b).await)
+    }
+
+    fn broken(&self) -> Option<String> {
+        dispatch!(self, b => Backend::broken(b))
+    }
+
+    async fn ping(&self) -> bool {
+        dispatch!(self, b => Backend::ping(b).await)
     }
 }
 

@@ -111,7 +111,7 @@ use uuid::Uuid;
 use super::{
     bus,
     pgconn::{self, PgOptions, Target},
-    Committed, Page, Result, Staged, StoreError,
+    Backend, Committed, Page, Result, Staged, StoreError,
 };
 use crate::model::{
     content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Marked, Message, Outcome,
@@ -622,8 +622,8 @@ impl PgStore {
                     chat,
                     &db_seq(first),
                     &db_seq(last),
-                    &(limit as i64),
-                    &(max_bytes as i64),
+                    &db_count(limit),
+                    &db_count(max_bytes),
                 ],
             )
             .await?;
@@ -663,7 +663,12 @@ impl PgStore {
         let rows = client
             .query(
                 &stmt,
-                &[chat, &cursor, &(limit as i64 + 1), &(max_bytes as i64)],
+                &[
+                    chat,
+                    &cursor,
+                    &db_count(limit.saturating_add(1)),
+                    &db_count(max_bytes),
+                ],
             )
             .await?;
         let taken = rows.first().map_or(0, |r| r.get::<_, i64>(14) as usize);
@@ -685,7 +690,7 @@ impl PgStore {
             .query(
                 "SELECT chat_id, members, created_at FROM chats
                  WHERE $1::uuid IS NULL OR chat_id > $1 ORDER BY chat_id LIMIT $2",
-                &[&after, &(limit as i64)],
+                &[&after, &db_count(limit)],
             )
             .await?;
         Ok(rows
@@ -980,7 +985,7 @@ impl PgStore {
         // No cursor: after the last possible key.
         let (at, chat) = after.unwrap_or((i64::MAX, Uuid::max()));
         let rows = client
-            .query(&stmt, &[&user, &at, &chat, &(limit as i64)])
+            .query(&stmt, &[&user, &at, &chat, &db_count(limit)])
             .await?;
         Ok(rows
             .iter()
@@ -1001,34 +1006,45 @@ impl PgStore {
     pub async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
         let client = self.pool.get().await?;
         let row = client
-            .query_one(
-                "WITH c AS (SELECT least($3, last_seq) AS seq FROM chats WHERE chat_id = $2),
+            .query_opt(
+                &format!(
+                    "WITH c AS (SELECT least($3, last_seq) AS seq FROM chats WHERE chat_id = $2),
                  mark AS (SELECT c.seq, coalesce((SELECT n FROM messages
                             WHERE chat_id = $2 AND seq <= c.seq ORDER BY seq DESC LIMIT 1), 0) AS n
                           FROM c),
                  up AS (INSERT INTO chat_members (user_id, chat_id, read_seq, read_n, reader_only,
                                                   active_us)
                         SELECT $1, $2, seq, n,
-                               (SELECT members = '{}' FROM chats WHERE chat_id = $2),
+                               (SELECT members = '{{}}' FROM chats WHERE chat_id = $2),
                                (SELECT active_us FROM chats WHERE chat_id = $2) FROM mark
                         ON CONFLICT (user_id, chat_id) DO UPDATE
                         SET read_seq = EXCLUDED.read_seq, read_n = EXCLUDED.read_n
                         WHERE chat_members.read_seq < EXCLUDED.read_seq
-                        RETURNING read_seq, read_n, reader_only),
-                 pos AS (SELECT read_seq, read_n, reader_only, true AS moved FROM up
-                   UNION ALL SELECT read_seq, read_n, reader_only, false
-                   FROM chat_members
-                   WHERE user_id = $1 AND chat_id = $2 AND NOT EXISTS (SELECT 1 FROM up)
-                   LIMIT 1)
-                 SELECT read_seq, read_n,
-                   (SELECT n FROM chats WHERE chat_id = $2) - read_n
-                     - (SELECT count(*) FROM messages
-                        WHERE chat_id = $2 AND kind = 0 AND deleted AND seq > pos.read_seq),
-                   moved, reader_only
-                 FROM pos",
+                        RETURNING read_seq, read_n, reader_only)
+                 SELECT read_seq, read_n, {UNREAD}, true, reader_only FROM up AS pos"
+                ),
                 &[&user, chat, &db_seq(seq)],
             )
             .await?;
+        // Not moved: the position as it is now, read by a statement of its
+        // own. The one above reads from its snapshot, which a MarkRead that
+        // moved the position meanwhile is not in (its row lock made the
+        // update above wait, then skip): reported from there, an answer
+        // could name a position older than the one asked for.
+        let row = match row {
+            Some(row) => row,
+            None => {
+                client
+                    .query_one(
+                        &format!(
+                            "SELECT read_seq, read_n, {UNREAD}, false, reader_only
+                             FROM chat_members AS pos WHERE user_id = $1 AND chat_id = $2"
+                        ),
+                        &[&user, chat],
+                    )
+                    .await?
+            }
+        };
         let mark = ReadMark {
             seq: row.get::<_, i64>(0) as u64,
             n: row.get::<_, i64>(1) as u64,
@@ -1057,7 +1073,7 @@ impl PgStore {
                  WHERE chat_id = $1 AND NOT reader_only
                    AND (cardinality($2::text[]) = 0 OR user_id = ANY($2))
                  ORDER BY user_id LIMIT $3",
-                &[chat, &users, &(limit as i64)],
+                &[chat, &users, &db_count(limit)],
             )
             .await?;
         let mut found: HashMap<String, ReadMark> = rows
@@ -1129,6 +1145,121 @@ impl PgStore {
             tokio::time::timeout(Duration::from_secs(2), check).await,
             Ok(Ok(()))
         )
+    }
+}
+
+/// The contract, on PostgreSQL: the database does the work, so staging
+/// defers everything to the commit; every transaction is durable when it
+/// commits, so there is nothing to flush.
+impl Backend for PgStore {
+    async fn chat(&self, chat: &Uuid) -> Result<Option<ChatRecord>> {
+        PgStore::chat(self, chat).await
+    }
+
+    async fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
+        PgStore::create_chat(self, id, record).await
+    }
+
+    fn stage(&self, append: Append) -> Result<Staged> {
+        Ok(Staged::Deferred(append))
+    }
+
+    async fn commit(&self, batch: Vec<Staged>) -> Committed {
+        PgStore::commit(self, batch).await
+    }
+
+    async fn last_seq(&self, chat: &Uuid) -> Result<u64> {
+        PgStore::last_seq(self, chat).await
+    }
+
+    async fn last_seqs(&self, chats: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+        PgStore::last_seqs(self, chats).await
+    }
+
+    async fn read(
+        &self,
+        chat: &Uuid,
+        first: u64,
+        last: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>> {
+        PgStore::read(self, chat, first, last, limit, max_bytes).await
+    }
+
+    async fn page(
+        &self,
+        chat: &Uuid,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+        view: View,
+    ) -> Result<Page> {
+        PgStore::page(self, chat, before, after, limit, max_bytes, view).await
+    }
+
+    async fn inbox(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        PgStore::inbox(self, user, after, limit).await
+    }
+
+    async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
+        PgStore::mark_read(self, user, chat, seq).await
+    }
+
+    async fn read_marks(
+        &self,
+        chat: &Uuid,
+        users: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, ReadMark)>> {
+        PgStore::read_marks(self, chat, users, limit).await
+    }
+
+    async fn chats_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, ChatRecord)>> {
+        PgStore::chats_after(self, after, limit).await
+    }
+
+    async fn import_chat(&self, id: Uuid, record: &ChatRecord) -> Result<()> {
+        PgStore::import_chat(self, id, record).await
+    }
+
+    async fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
+        PgStore::import_messages(self, messages).await
+    }
+
+    async fn notify(&self, signal: &Message) -> Result<()> {
+        PgStore::notify(self, signal).await
+    }
+
+    async fn heartbeat(&self, present: &[(Uuid, String)]) -> Result<()> {
+        PgStore::heartbeat(self, present).await
+    }
+
+    fn replica(&self) -> u64 {
+        PgStore::replica(self)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reconnects by itself: never broken for good.
+    fn broken(&self) -> Option<String> {
+        None
+    }
+
+    async fn ping(&self) -> bool {
+        PgStore::ping(self).await
     }
 }
 
@@ -1353,6 +1484,12 @@ fn db_seq(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// A limit as a BIGINT: "no limit" (`usize::MAX`) stays the largest one
+/// rather than wrapping to a negative LIMIT that PostgreSQL refuses.
+fn db_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A row of [`MESSAGE_COLUMNS`].
 fn message(row: &Row) -> Message {
     message_at(row, 0)
@@ -1422,3 +1559,9 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         }
     }
 }
+
+/// A position's unread count, as [`PgStore::mark_read`] reports it: the
+/// chat's messages after the position (`pos`) that are not deleted.
+const UNREAD: &str = "(SELECT n FROM chats WHERE chat_id = $2) - pos.read_n
+     - (SELECT count(*) FROM messages
+        WHERE chat_id = $2 AND kind = 0 AND deleted AND seq > pos.read_seq)";

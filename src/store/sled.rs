@@ -67,7 +67,7 @@ use std::{
 use prost::Message as _;
 use uuid::Uuid;
 
-use super::{lock, Page, Result, Staged, StoreError};
+use super::{lock, Backend, Committed, Page, Result, Staged, StoreError};
 use crate::model::{
     content_digest, member_set_key, Append, ChatRecord, InboxEntry, Kind, Marked, Message, Outcome,
     ReadMark, Refusal, View,
@@ -1461,6 +1461,138 @@ impl SledStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The contract, on sled: its own methods, with the policy after a failed
+/// write (refuse writes until a probe succeeds, see [`SledStore::ping`]).
+impl Backend for SledStore {
+    async fn chat(&self, chat: &Uuid) -> Result<Option<ChatRecord>> {
+        SledStore::chat(self, chat)
+    }
+
+    async fn create_chat(&self, id: Uuid, record: &ChatRecord) -> Result<Uuid> {
+        SledStore::create_chat(self, id, record).inspect_err(|_| self.write_failed())
+    }
+
+    fn stage(&self, append: Append) -> Result<Staged> {
+        SledStore::stage(self, append).inspect_err(|_| self.write_failed())
+    }
+
+    async fn commit(&self, batch: Vec<Staged>) -> Committed {
+        match SledStore::commit(self, batch).await {
+            Ok(outcomes) => Committed {
+                outcomes,
+                failed: None,
+            },
+            Err(e) => {
+                self.write_failed();
+                Committed {
+                    outcomes: Vec::new(),
+                    failed: Some(e),
+                }
+            }
+        }
+    }
+
+    async fn last_seq(&self, chat: &Uuid) -> Result<u64> {
+        SledStore::last_seq(self, chat)
+    }
+
+    async fn last_seqs(&self, chats: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+        let mut seqs = Vec::with_capacity(chats.len());
+        for c in chats {
+            if self.db.contains_key(chat_key(c))? {
+                seqs.push((*c, SledStore::last_seq(self, c)?));
+            }
+        }
+        Ok(seqs)
+    }
+
+    async fn read(
+        &self,
+        chat: &Uuid,
+        first: u64,
+        last: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>> {
+        SledStore::read(self, chat, first, last, limit, max_bytes)
+    }
+
+    async fn page(
+        &self,
+        chat: &Uuid,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+        view: View,
+    ) -> Result<Page> {
+        SledStore::page(self, chat, before, after, limit, max_bytes, view)
+    }
+
+    async fn inbox(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        SledStore::inbox(self, user, after, limit)
+    }
+
+    async fn mark_read(&self, user: &str, chat: &Uuid, seq: u64) -> Result<Marked> {
+        SledStore::mark_read(self, user, chat, seq).inspect_err(|_| self.write_failed())
+    }
+
+    async fn read_marks(
+        &self,
+        chat: &Uuid,
+        users: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, ReadMark)>> {
+        SledStore::read_marks(self, chat, users, limit)
+    }
+
+    async fn chats_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, ChatRecord)>> {
+        SledStore::chats_after(self, after, limit)
+    }
+
+    async fn import_chat(&self, id: Uuid, record: &ChatRecord) -> Result<()> {
+        SledStore::import_chat(self, id, record)
+    }
+
+    async fn import_messages(&self, messages: Vec<Message>) -> Result<()> {
+        SledStore::import_messages(self, messages)
+    }
+
+    /// One process: nobody to tell.
+    async fn notify(&self, _signal: &Message) -> Result<()> {
+        Ok(())
+    }
+
+    async fn heartbeat(&self, _present: &[(Uuid, String)]) -> Result<()> {
+        Ok(())
+    }
+
+    fn replica(&self) -> u64 {
+        0
+    }
+
+    async fn flush(&self) -> Result<()> {
+        SledStore::flush(self).await
+    }
+
+    fn broken(&self) -> Option<String> {
+        SledStore::broken(self)
+    }
+
+    async fn ping(&self) -> bool {
+        SledStore::ping(self).await
     }
 }
 
