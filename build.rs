@@ -67,8 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .build_client(false)
-        // Decode errors as INVALID_ARGUMENT, smaller buffers: see src/codec.rs.
-        .codec_path("crate::codec::ChatCodec")
+        // Decode errors as INVALID_ARGUMENT, smaller buffers: see src/wire/codec.rs.
+        .codec_path("crate::wire::codec::ChatCodec")
         .compile_fds(fds)?;
     Ok(())
 }

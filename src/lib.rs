@@ -2,22 +2,21 @@
 //! identical replicas sharing one PostgreSQL database.
 //!
 //! # Module map
-//! - [`pb`]: the generated protobuf messages and tonic service (the wire).
-//! - [`codec`]: prost with INVALID_ARGUMENT for undecodable requests.
-//! - [`grpc`]: the gRPC handlers; they convert, call [`chat`], convert back,
-//!   and map [`error::Error`] to a gRPC status in one place.
+//! - [`pb`]: the generated protobuf messages and tonic service.
+//! - `wire`: the transports (gRPC and gRPC-Web, HTTP/JSON and Connect
+//!   over WebSocket, health) and, below both, the one function per RPC,
+//!   the conversions and the per-call log; they convert, call [`chat`],
+//!   convert back, and map [`error::Error`] to the wire in one place.
 //! - [`chat`]: the chat logic: validation, idempotency, group commit and
 //!   live fan-out. Plain Rust.
 //! - [`model`]: the domain types every layer shares.
-//! - [`store`]: the storage boundary and its backends (sled, PostgreSQL),
-//!   each with its schema at the top, and the bus between replicas.
+//! - [`store`]: the storage boundary (the store contract) and its backends
+//!   (sled, PostgreSQL), each with its schema, and the bus between replicas.
 //! - [`transfer`]: `chat export` / `chat import` (JSON lines).
-//! - [`http`]: the HTTP/JSON interface and Connect over WebSocket.
 //! - [`auth`]: who is calling (JWT, a sidecar's header, a client
 //!   certificate); the rules live in [`chat`].
 //! - [`tls`]: TLS on the one port, client certificates, reload.
 //! - [`conn`]: accepting connections; their limits and timeouts.
-//! - [`health`]: `grpc.health.v1.Health`: liveness, and readiness that follows the store.
 //! - [`metrics`]: counters and histograms, as Prometheus text.
 //! - [`config`]: flags and `CHAT_*` environment variables.
 //!
@@ -25,20 +24,20 @@
 //! the listener and calls [`run`]; tests call [`run`] directly.
 
 pub mod auth;
-mod calls;
 pub mod chat;
-pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod error;
-pub mod grpc;
-pub mod health;
-pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod store;
 pub mod tls;
 pub mod transfer;
+mod wire;
+
+/// The OpenAPI 3.1 document of the HTTP/JSON interface, as served at
+/// `/openapi.json` (`api/openapi.json`).
+pub use wire::http::OPENAPI;
 
 /// Generated from `proto/chat.proto`.
 // The `New` RPC becomes a trait method `new(&self, ..)`, which clippy takes
@@ -228,10 +227,9 @@ impl Server {
         // the tasks `open` started are stopped before the error is returned.
         let built = (|| {
             let health = || {
-                tonic_health::pb::health_server::HealthServer::new(health::HealthService::new(
-                    chats.closing(),
-                    chats.ready(),
-                ))
+                tonic_health::pb::health_server::HealthServer::new(
+                    wire::health::HealthService::new(chats.closing(), chats.ready()),
+                )
             };
             let reflection = || {
                 tonic_reflection::server::Builder::configure()
@@ -260,7 +258,7 @@ impl Server {
                 ),
                 _ => {}
             }
-            let service = pb::chat_server::ChatServer::new(grpc::ChatService::new(
+            let service = pb::chat_server::ChatServer::new(wire::grpc::ChatService::new(
                 chats.clone(),
                 auth.clone(),
             ))
@@ -276,10 +274,10 @@ impl Server {
             let mut app = grpc_routes
                 // JSON is bigger than protobuf for the same message (names,
                 // escapes): room for a full-size message in any spelling.
-                .merge(http::router(
+                .merge(wire::http::router(
                     chats.clone(),
                     auth.clone(),
-                    http::Options {
+                    wire::http::Options {
                         max_body: config.max_json_bytes(),
                         keepalive: config
                             .keepalive_interval()
@@ -288,11 +286,13 @@ impl Server {
                         web_ui: config.web_ui,
                     },
                 ))
-                .fallback(http::fallback)
-                .layer(axum::middleware::map_response(http::keep_leases))
-                .layer(axum::middleware::map_response(grpc::request_too_large));
+                .fallback(wire::http::fallback)
+                .layer(axum::middleware::map_response(wire::lease::keep_leases))
+                .layer(axum::middleware::map_response(
+                    wire::grpc::request_too_large,
+                ));
             if !config.cors_origins.is_empty() {
-                app = app.layer(http::cors(&config.cors_origins).map_err(RunError::Cors)?);
+                app = app.layer(wire::http::cors(&config.cors_origins).map_err(RunError::Cors)?);
             }
             if let Ok(addr) = listener.local_addr() {
                 let tls = match &tls {

@@ -479,7 +479,7 @@ async fn the_openapi_document_is_served_and_schemathesis_finds_nothing() {
         .unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(served.headers()["content-type"], "application/json");
-    assert_eq!(served.text().await.unwrap(), chat::http::OPENAPI);
+    assert_eq!(served.text().await.unwrap(), chat::OPENAPI);
 
     let run = tokio::process::Command::new("schemathesis")
         .arg("run")

@@ -27,9 +27,14 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
+use super::{
+    calls::{self, Call, Encoding, NamesChat},
+    convert::{draft, to_wire_in, wants_events},
+    lease::HeldLease,
+    observe::{code_of, finished, identify},
+};
 use crate::{
     auth::{Auth, Identity},
-    calls::NamesChat,
     chat::{
         budget::Lease,
         rate::{Action, Who},
@@ -37,7 +42,7 @@ use crate::{
     },
     conn::PeerAddr,
     error::Error,
-    grpc, pb,
+    pb,
     tls::PeerIdentity,
 };
 
@@ -67,72 +72,17 @@ pub struct Options {
     pub web_ui: bool,
 }
 
-/// The web client (web/), compiled into the binary: path, content type, body.
-const WEB_UI: [(&str, &str, &str); 4] = [
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../web/index.html"),
-    ),
-    (
-        "/index.html",
-        "text/html; charset=utf-8",
-        include_str!("../web/index.html"),
-    ),
-    (
-        "/app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../web/app.js"),
-    ),
-    (
-        "/style.css",
-        "text/css; charset=utf-8",
-        include_str!("../web/style.css"),
-    ),
-];
-
-/// The web client's routes. Its script may only come from here, and the
-/// page may only be framed by itself (clickjacking).
-fn web_ui(mut router: Router<Http>) -> Router<Http> {
-    for (path, content_type, body) in WEB_UI {
-        router = router.route(
-            path,
-            get(move || async move {
-                (
-                    [
-                        (header::CONTENT_TYPE, content_type),
-                        (
-                            header::CONTENT_SECURITY_POLICY,
-                            "default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'self'",
-                        ),
-                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                        (header::CACHE_CONTROL, "no-cache"),
-                    ],
-                    body,
-                )
-            }),
-        );
-    }
-    router
-}
-
 /// The HTTP/JSON routes, to be merged with the gRPC ones.
 pub fn router(chats: Chats, auth: Arc<Auth>, options: Options) -> Router {
     let web = options.web_ui;
-    let router = Router::new()
-        .route("/chat/Chat/New", post(new))
-        .route("/chat/Chat/History", post(history))
-        .route("/chat/Chat/Send", post(send))
+    let router = unary_routes(Router::new())
         .route("/chat/Chat/Connect", get(connect))
-        .route("/chat/Chat/ListChats", post(list_chats))
-        .route("/chat/Chat/MarkRead", post(mark_read))
-        .route("/chat/Chat/ReadState", post(read_state))
-        .route("/chat/Chat/Edit", post(edit))
-        .route("/chat/Chat/Delete", post(delete))
-        .route("/chat/Chat/Presence", post(presence))
-        .route("/chat/Chat/Typing", post(typing))
         .route("/openapi.json", get(openapi));
-    let router = if web { web_ui(router) } else { router };
+    let router = if web {
+        super::web::routes(router)
+    } else {
+        router
+    };
     router.with_state(Http {
         chats,
         auth,
@@ -172,14 +122,14 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 const WS_PROTOCOL: &str = "chat.v1";
 
 impl Http {
-    /// The verified caller of a request (see `grpc::identify`).
+    /// The verified caller of a request (see [`identify`]).
     async fn caller(
         &self,
         headers: &HeaderMap,
         token: Option<&str>,
         peer: Option<&PeerIdentity>,
     ) -> Result<Option<Identity>, Error> {
-        grpc::identify(
+        identify(
             &self.auth,
             self.chats.metrics(),
             |name| {
@@ -198,7 +148,7 @@ impl Http {
 
 /// The OpenAPI 3.1 document of this interface (api/openapi.json; the
 /// `contract` tests keep it in step with the proto).
-pub const OPENAPI: &str = include_str!("../api/openapi.json");
+pub const OPENAPI: &str = include_str!("../../api/openapi.json");
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
@@ -213,141 +163,50 @@ pub async fn fallback(headers: HeaderMap) -> Response {
     if is_grpc {
         return tonic::Status::unimplemented("no such method").into_http();
     }
-    error_body(StatusCode::NOT_FOUND, "chat.NotFound", "no such endpoint; see README (POST /chat/Chat/New, /History, /Send, /ListChats, /MarkRead, /ReadState, /Edit, /Delete, /Presence, /Typing; GET /chat/Chat/Connect)")
+    let detail = format!("no such endpoint; see README ({})", calls::routes());
+    error_body(StatusCode::NOT_FOUND, "chat.NotFound", &detail)
 }
 
-async fn new(
-    State(http): State<Http>,
-    peer: Option<Extension<PeerIdentity>>,
-    addr: Option<Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(
-        &http,
-        "New",
-        peer.map(|Extension(p)| p),
-        addr.map(|Extension(a)| a.0),
-        headers,
-        body,
-        |http, req: pb::NewRequest, caller, who| async move {
-            http.chats.admit(Action::New, &who)?;
-            let chat = http.chats.new_chat(req.user_ids, caller.as_ref()).await?;
-            let resp = pb::NewResponse {
-                chat_id: chat.to_string(),
-            };
-            Ok((resp, None))
-        },
-    )
-    .await
-}
-
-async fn history(
-    State(http): State<Http>,
-    peer: Option<Extension<PeerIdentity>>,
-    addr: Option<Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(
-        &http,
-        "History",
-        peer.map(|Extension(p)| p),
-        addr.map(|Extension(a)| a.0),
-        headers,
-        body,
-        |http, req: pb::HistoryRequest, caller, who| async move {
-            http.chats.admit(Action::Read, &who)?;
-            let mut page = http
-                .chats
-                .history(
-                    &req.chat_id,
-                    req.limit,
-                    req.before_seq,
-                    req.after_seq,
-                    grpc::view(&req),
-                    caller.as_ref(),
-                )
-                .await?;
-            // Cut to the page's bytes as JSON, which escapes can make far
-            // longer than the text.
-            page.fit(|m| {
-                serde_json::to_vec(&grpc::to_wire(m)).map_or(m.weight(), |json| json.len() + 1)
-            });
-            let resp = pb::HistoryResponse {
-                messages: grpc::page_to_wire(std::mem::take(&mut page.messages)),
-                has_more: page.has_more,
-            };
-            Ok((resp, Some(page.into_lease())))
-        },
-    )
-    .await
-}
-
-async fn send(
-    State(http): State<Http>,
-    peer: Option<Extension<PeerIdentity>>,
-    addr: Option<Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(
-        &http,
-        "Send",
-        peer.map(|Extension(p)| p),
-        addr.map(|Extension(a)| a.0),
-        headers,
-        body,
-        |http, req: pb::SendRequest, caller, who| async move {
-            http.chats.admit(Action::Send, &who)?;
-            let msg = http.chats.send(req.into(), caller.as_ref()).await?;
-            let resp = pb::SendResponse {
-                message: Some(grpc::to_wire(&msg)),
-            };
-            Ok((resp, None))
-        },
-    )
-    .await
-}
-
-/// The HTTP/JSON routes of the calls in [`crate::calls`]: one handler each.
+/// A route and a handler per row of [`calls::unary_rpcs!`], each running
+/// its function in [`calls`] through [`handle`].
 macro_rules! json_calls {
-    ($($name:ident => $method:literal,)*) => {$(
-        async fn $name(
-            State(http): State<Http>,
-            peer: Option<Extension<PeerIdentity>>,
-            addr: Option<Extension<PeerAddr>>,
-            headers: HeaderMap,
-            body: Body,
-        ) -> Response {
-            handle(
-                &http,
-                $method,
-                peer.map(|Extension(p)| p),
-                addr.map(|Extension(a)| a.0),
-                headers,
-                body,
-                |http, req, caller, who| async move {
-                    if let Some(action) = crate::calls::limited_as($method) {
-                        http.chats.admit(action, &who)?;
-                    }
-                    Ok((crate::calls::$name(&http.chats, req, caller.as_ref()).await?, None))
-                },
-            )
-            .await
-        }
-    )*};
-}
+    ($($name:ident $f:ident $req:ident $resp:ident $limit:expr,)*) => {
+        $(
+            async fn $f(
+                State(http): State<Http>,
+                peer: Option<Extension<PeerIdentity>>,
+                addr: Option<Extension<PeerAddr>>,
+                headers: HeaderMap,
+                body: Body,
+            ) -> Response {
+                let method = stringify!($name);
+                handle(
+                    &http,
+                    method,
+                    peer.map(|Extension(p)| p),
+                    addr.map(|Extension(a)| a.0),
+                    headers,
+                    body,
+                    |http, req: pb::$req, caller, who| async move {
+                        if let Some(action) = calls::limited_as(method) {
+                            http.chats.admit(action, &who)?;
+                        }
+                        let mut call = Call::new(&http.chats, caller.as_ref(), Encoding::Json);
+                        let resp = calls::$f(&mut call, req).await?;
+                        Ok((resp, call.lease))
+                    },
+                )
+                .await
+            }
+        )*
 
-json_calls! {
-    list_chats => "ListChats",
-    mark_read => "MarkRead",
-    read_state => "ReadState",
-    edit => "Edit",
-    delete => "Delete",
-    presence => "Presence",
-    typing => "Typing",
+        /// `POST /chat/Chat/{name}` for every unary RPC.
+        fn unary_routes(router: Router<Http>) -> Router<Http> {
+            router$(.route(concat!("/chat/Chat/", stringify!($name)), post($f)))*
+        }
+    };
 }
+calls::unary_rpcs!(json_calls);
 
 /// Checks the content type and size, parses the JSON body, calls, and
 /// answers JSON; counts and logs the call like its gRPC twin.
@@ -377,7 +236,7 @@ where
         });
     if !json {
         let latency = started.elapsed();
-        grpc::finished(
+        finished(
             http.chats.metrics(),
             method,
             "",
@@ -414,12 +273,12 @@ where
         call(http.clone(), req, caller, who).await
     }
     .await;
-    let code = result.as_ref().err().map_or(tonic::Code::Ok, grpc::code_of);
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, code_of);
     let chat_id = match &result {
         Ok((resp, _)) if chat_id.is_empty() => resp.chat_id(),
         _ => &chat_id,
     };
-    grpc::finished(
+    finished(
         http.chats.metrics(),
         method,
         chat_id,
@@ -511,7 +370,7 @@ async fn connect(
         let peer = peer.as_ref().map(|Extension(p)| p);
         let caller = http.caller(&headers, token, peer).await?;
         let who = Who::of(caller.as_ref(), addr.map(|Extension(a)| a.0));
-        let events = grpc::wants_events(&q.events)?;
+        let events = wants_events(&q.events)?;
         http.chats
             .subscribe(&q.chat_id, &q.user_id, since, events, caller.as_ref())
             .await
@@ -543,7 +402,7 @@ async fn connect(
         .on_upgrade(move |socket| async move {
             let started = Instant::now();
             let code = pump(socket, sub, (chats, who), keepalive).await;
-            grpc::finished(
+            finished(
                 &metrics,
                 "Connect",
                 &q.chat_id,
@@ -585,20 +444,20 @@ async fn pump(
                     Some(Ok(WsMessage::Text(text))) => {
                         let sent = match serde_json::from_str::<pb::Message>(&text) {
                             Ok(msg) => match chats.admit(Action::Send, &who) {
-                                Ok(()) => sub.send(grpc::draft(msg)).await.map(|_| ()),
+                                Ok(()) => sub.send(draft(msg)).await.map(|_| ()),
                                 Err(e) => Err(e),
                             },
                             Err(e) => Err(Error::Invalid("chat.InvalidJSON", format!("a frame is not a valid Message: {e}"))),
                         };
                         if let Err(e) = sent {
                             close(&mut socket, &e).await;
-                            return grpc::code_of(&e);
+                            return code_of(&e);
                         }
                     }
                     Some(Ok(WsMessage::Binary(_))) => {
                         let e = Error::Invalid("chat.Connect.BinaryFrame", "send messages as JSON text frames".into());
                         close(&mut socket, &e).await;
-                        return grpc::code_of(&e);
+                        return code_of(&e);
                     }
                     Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return tonic::Code::Ok,
                     Some(Ok(_)) => {} // ping/pong: answered by the library
@@ -607,7 +466,7 @@ async fn pump(
             batch = sub.next_batch() => match batch {
                 Ok(batch) => {
                     for msg in batch {
-                        let wire = grpc::to_wire_in(&msg, &chat_id);
+                        let wire = to_wire_in(&msg, &chat_id);
                         let json = serde_json::to_string(&wire).unwrap_or_default();
                         let send = socket.send(WsMessage::Text(json.into()));
                         match tokio::time::timeout(patience, send).await {
@@ -619,7 +478,7 @@ async fn pump(
                 }
                 Err(e) => {
                     close(&mut socket, &e).await;
-                    return grpc::code_of(&e);
+                    return code_of(&e);
                 }
             },
             _ = async { pings.as_mut().unwrap().tick().await }, if pings.is_some() => {
@@ -656,90 +515,6 @@ async fn close(socket: &mut WebSocket, e: &Error) {
             reason: reason.into(),
         })))
         .await;
-}
-
-/// A lease on the memory budget that lives as long as the response body:
-/// put on a response's extensions by a handler, moved into its body by
-/// [`keep_leases`], given back once the body has been sent (or dropped with
-/// the connection).
-#[derive(Clone)]
-pub struct HeldLease {
-    _lease: Arc<Lease>,
-}
-
-impl HeldLease {
-    pub fn new(lease: Lease) -> HeldLease {
-        HeldLease {
-            _lease: Arc::new(lease),
-        }
-    }
-}
-
-/// The middleware that ties [`HeldLease`]s to response bodies, for every
-/// interface (gRPC handlers put them on their responses too).
-pub async fn keep_leases(mut resp: Response) -> Response {
-    match resp.extensions_mut().remove::<HeldLease>() {
-        None => resp,
-        Some(lease) => resp.map(|body| {
-            Body::new(LeasedBody {
-                body,
-                pending: Bytes::new(),
-                _lease: lease,
-            })
-        }),
-    }
-}
-
-/// At most this much of a leased body is handed to the connection at a
-/// time: HTTP/2 and HTTP/1 take the next piece only once the client has
-/// made room, so the rest stays here, under the lease, instead of in a
-/// connection buffer nobody accounts for.
-const LEASED_CHUNK: usize = 16 * 1024;
-
-/// A response body that holds its lease until it has been sent or dropped,
-/// and hands out its data in [`LEASED_CHUNK`]s.
-struct LeasedBody {
-    body: Body,
-    pending: Bytes,
-    _lease: HeldLease,
-}
-
-impl axum::body::HttpBody for LeasedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        use std::task::Poll;
-        if self.pending.is_empty() {
-            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.pending = data,
-                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                },
-                other => return other,
-            }
-        }
-        let n = self.pending.len().min(LEASED_CHUNK);
-        let chunk = self.pending.split_to(n);
-        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pending.is_empty() && self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        let mut hint = self.body.size_hint();
-        let pending = self.pending.len() as u64;
-        hint.set_lower(hint.lower() + pending);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + pending);
-        }
-        hint
-    }
 }
 
 /// CORS for the configured browser origins (`*`: any).
