@@ -4,7 +4,7 @@
 use axum::{http::header, routing::get, Router};
 
 /// The web client (web/), compiled into the binary: path, content type, body.
-const WEB_UI: [(&str, &str, &str); 4] = [
+const WEB_UI: [(&str, &str, &str); 7] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -19,6 +19,21 @@ const WEB_UI: [(&str, &str, &str); 4] = [
         "/app.js",
         "text/javascript; charset=utf-8",
         include_str!("../../web/app.js"),
+    ),
+    (
+        "/calls.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/calls.js"),
+    ),
+    (
+        "/state.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/state.js"),
+    ),
+    (
+        "/view.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/view.js"),
     ),
     (
         "/style.css",
