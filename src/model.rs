@@ -170,7 +170,7 @@ pub struct ReadMark {
     pub n: u64,
 }
 
-/// What [`crate::store::Store::mark_read`] did.
+/// What [`crate::store::Backend::mark_read`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Marked {
     /// The read position now (never lower than before).

@@ -14,7 +14,7 @@ use crate::{
 };
 
 impl PgStore {
-    /// See [`super::Store::create_chat`]: durable when it returns. One chat
+    /// See [`crate::store::Backend::create_chat`]: durable when it returns. One chat
     /// per member set, across replicas: the set's digest is a primary key,
     /// and a concurrent insert of the same set waits for the first and then
     /// finds it.

@@ -12,7 +12,7 @@ use crate::{
 };
 
 impl PgStore {
-    /// `user`'s inbox (see [`super::Store::inbox`]): one backward range of
+    /// `user`'s inbox (see [`crate::store::Backend::inbox`]): one backward range of
     /// `chat_members_inbox` as long as the page, joined to the chats'
     /// counter rows, the page's previews from the partial index of shown
     /// messages.

@@ -80,7 +80,7 @@ impl PgStore {
         Ok(rows.iter().map(message).collect())
     }
 
-    /// See [`super::Store::page`]. Reads what is committed, whichever
+    /// See [`crate::store::Backend::page`]. Reads what is committed, whichever
     /// replica wrote it: a Send acknowledged by one replica is in the next
     /// History page of every other.
     pub async fn page(

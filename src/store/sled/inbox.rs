@@ -208,7 +208,7 @@ impl SledStore {
         counters.insert(*chat, a.clone());
     }
 
-    /// `user`'s inbox (see [`super::Store::inbox`]): a reverse scan of
+    /// `user`'s inbox (see [`crate::store::Backend::inbox`]): a reverse scan of
     /// the user's `O` keys from the cursor, as long as the page.
     pub fn inbox(
         &self,

@@ -12,7 +12,7 @@
 //! | `C` chat(16) | [`ChatValue`] | point lookup by chat id |
 //! | `M` chat(16) seq(8) | [`MessageValue`] | one chat's messages are one contiguous range, in seq order: History pages and catch-up are range scans, the last seq is one `next_back` |
 //! | `D` chat(16) user_len(2) user client_id | seq(8) | idempotency: (chat, user, client_id) to the stored seq; the length prefix makes (user, client_id) unambiguous |
-//! | `U` members key | chat(16) | New's idempotency: the canonical member set ([`member_set_key`]) to its chat |
+//! | `U` members key | chat(16) | New's idempotency: the canonical member set ([`member_set_key`](crate::model::member_set_key)) to its chat |
 //! | `I` user_len(2) user chat(16) | [`ReadValue`] | the inbox: one user's chats are one range (members from New, open-chat posters from their first Send), with the user's read position; written per commit group, not per message |
 //! | `P` chat(16) user | empty | who has posted to an open chat (ReadState lists their read positions) |
 //! | `A` chat(16) | [`ActivityValue`] | the chat's counters for the inbox: last seq, message count, last activity; one write per chat per commit group, so unread counts cost no write per recipient |

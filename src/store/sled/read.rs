@@ -97,7 +97,7 @@ impl SledStore {
         Ok((page, more))
     }
 
-    /// One History page (see [`super::Store::page`]).
+    /// One History page (see [`crate::store::Backend::page`]).
     pub fn page(
         &self,
         chat: &Uuid,
